@@ -1,0 +1,55 @@
+/*
+ * backend.h - what ops/dispatch.c calls after validation (internal, not installed).
+ *
+ * The public entry points in shim/neat.h validate every argument once (ops/validate.c) and then
+ * route by device to one of these. A backend may therefore assume: shapes are consistent,
+ * dtypes are supported on its device, every view has non-negative strides, outputs do not
+ * overlap inputs, and the workspace is at least the size its own *_workspace_size reported.
+ *
+ * with_base = 1: the full layer (x W^T + b + s U B^T, dW includes dy^T x, dx includes dy W).
+ * with_base = 0: the adapter term only (s U B^T); args->bias is NULL, grads->dbias is NULL.
+ */
+#ifndef NEAT_BACKEND_H
+#define NEAT_BACKEND_H
+
+#include "neat.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define NEAT_DECLARE_BACKEND(prefix)                                                            \
+    neat_status prefix##_forward_workspace_size(const neat_args *args, int with_base,           \
+                                                const neat_exec *exec, size_t *bytes);          \
+    neat_status prefix##_forward(neat_tensor *y, const neat_args *args, int with_base,          \
+                                 void *workspace, size_t workspace_bytes,                       \
+                                 const neat_exec *exec);                                        \
+    neat_status prefix##_backward_workspace_size(const neat_grads *grads, const neat_args *args, \
+                                                 int with_base, const neat_exec *exec,          \
+                                                 size_t *bytes);                                \
+    neat_status prefix##_backward(const neat_grads *grads, const neat_tensor *dy,               \
+                                  const neat_args *args, int with_base, void *workspace,        \
+                                  size_t workspace_bytes, const neat_exec *exec);               \
+    neat_status prefix##_compute_g_workspace_size(const neat_args *args, const neat_exec *exec, \
+                                                  size_t *bytes);                               \
+    neat_status prefix##_compute_g(neat_tensor *G, const neat_args *args, void *workspace,      \
+                                   size_t workspace_bytes, const neat_exec *exec);
+
+NEAT_DECLARE_BACKEND(neat_cpu)
+
+#ifdef NEAT_WITH_CUDA
+NEAT_DECLARE_BACKEND(neat_cuda)
+#endif
+
+/* Sets the thread-local message (printf-style) and returns status; used by every backend. */
+neat_status neat_set_error(neat_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NEAT_BACKEND_H */

@@ -1,0 +1,204 @@
+/*
+ * neat.h - the public C ABI of torch-neat.
+ *
+ * NEAT adapts a frozen linear layer y = x W^T + b with a small network fed by W itself
+ * (DESIGN.md section 1):
+ *
+ *   Z_0 = A W, G_0 = act(Z_0)                                   (r, d_in)
+ *   encoders i = 1..k:  push G;  G = act(H_i G)
+ *   decoders j = 1..k:  G = act(H_{k+j} G) + pop()
+ *   U = x G^T                                                    (N, r)
+ *   linear:  y = x W^T + b + s U B^T                             (N, d_out)
+ *   adapter: y = s U B^T
+ *
+ * Conventions of this header:
+ *   - every symbol is prefixed neat_ / NEAT_; the header is C11 and C++-safe;
+ *   - tensors cross as non-owning views (neat_tensor); strides are in elements;
+ *   - outputs come first in argument lists; the caller owns every buffer;
+ *   - scratch memory is "ask the size, caller allocates" (the *_workspace_size functions);
+ *   - every function returns a neat_status; neat_last_error() holds a thread-local message
+ *     naming the offending argument;
+ *   - CPU parallelism goes through an optional parallel-for hook in neat_exec, CUDA work
+ *     runs on the stream in neat_exec and never synchronises the host.
+ */
+#ifndef NEAT_H
+#define NEAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#  if defined(NEAT_BUILDING)
+#    define NEAT_API __declspec(dllexport)
+#  else
+#    define NEAT_API
+#  endif
+#else
+#  define NEAT_API __attribute__((visibility("default")))
+#endif
+
+/* Bumped whenever a struct layout or a function signature below changes. */
+#define NEAT_ABI_VERSION 1
+
+/* Most dims a view may have; the kernels themselves read rank 1 and 2 views. */
+#define NEAT_MAX_DIMS 8
+
+/* Most hidden r-by-r layers (depth 10 = A + 8 hidden + B). */
+#define NEAT_MAX_HIDDEN 8
+
+typedef enum neat_status {
+    NEAT_OK = 0,
+    NEAT_ERR_INVALID_ARGUMENT = 1, /* wrong shape, dtype, device, layout, count */
+    NEAT_ERR_UNSUPPORTED = 2,      /* valid request this build cannot serve (e.g. CUDA absent) */
+    NEAT_ERR_WORKSPACE = 3,        /* workspace missing or smaller than the size query said */
+    NEAT_ERR_BACKEND = 4,          /* CUDA / cuBLAS reported an error */
+    NEAT_ERR_INTERNAL = 5
+} neat_status;
+
+typedef enum neat_dtype {
+    NEAT_FLOAT32 = 0,
+    NEAT_FLOAT64 = 1,
+    NEAT_BFLOAT16 = 2,
+    NEAT_FLOAT16 = 3
+} neat_dtype;
+
+typedef enum neat_device_type {
+    NEAT_DEVICE_CPU = 0,
+    NEAT_DEVICE_CUDA = 1
+} neat_device_type;
+
+typedef struct neat_device {
+    neat_device_type type;
+    int32_t index; /* CUDA ordinal; 0 on CPU */
+} neat_device;
+
+/* A non-owning strided view. data may be NULL only when the view has zero elements. */
+typedef struct neat_tensor {
+    void *data;
+    neat_dtype dtype;
+    int32_t ndim;
+    int64_t sizes[NEAT_MAX_DIMS];
+    int64_t strides[NEAT_MAX_DIMS]; /* in elements, may be any non-negative value */
+    neat_device device;
+} neat_tensor;
+
+typedef enum neat_activation {
+    NEAT_ACT_RELU = 0,
+    NEAT_ACT_SIN = 1,
+    NEAT_ACT_GELU = 2,      /* exact: 0.5 z (1 + erf(z / sqrt 2)) */
+    NEAT_ACT_GELU_TANH = 3, /* tanh approximation (gelu_new, gelu_pytorch_tanh) */
+    NEAT_ACT_SILU = 4,
+    NEAT_ACT_TANH = 5,
+    NEAT_ACT_IDENTITY = 6
+} neat_activation;
+
+/* Everything the forward pass reads. The same struct feeds the backward pass. */
+typedef struct neat_args {
+    const neat_tensor *x;      /* (N, d_in); N may be 0 */
+    const neat_tensor *weight; /* (d_out, d_in) */
+    const neat_tensor *bias;   /* (d_out) or NULL; must be NULL for the adapter entry points */
+    const neat_tensor *A;      /* (r, d_out) */
+    const neat_tensor *B;      /* (d_out, r) */
+    const neat_tensor *hidden; /* array of num_hidden (r, r) views: encoders then decoders */
+    int32_t num_hidden;        /* even, 0..NEAT_MAX_HIDDEN */
+    neat_activation activation;
+    double scale;
+} neat_args;
+
+/*
+ * Gradient outputs. A NULL pointer (or, for dhidden[i], a view whose data is NULL while its
+ * sizes are non-empty) means "not requested": that gradient is neither computed nor written.
+ * Requested outputs are overwritten, never accumulated into.
+ */
+typedef struct neat_grads {
+    neat_tensor *dx;      /* (N, d_in) */
+    neat_tensor *dweight; /* (d_out, d_in) */
+    neat_tensor *dbias;   /* (d_out); linear only */
+    neat_tensor *dA;      /* (r, d_out) */
+    neat_tensor *dB;      /* (d_out, r) */
+    neat_tensor *dhidden; /* array of num_hidden (r, r) views, or NULL */
+} neat_grads;
+
+/* Body of a parallel loop: process the iterations [begin, end). */
+typedef void (*neat_parallel_body)(int64_t begin, int64_t end, void *ctx);
+
+/*
+ * A host-provided parallel for: run body over [begin, end) split into chunks of at least
+ * grain iterations, possibly concurrently, and return when every chunk is done.
+ */
+typedef void (*neat_parallel_for_fn)(int64_t begin, int64_t end, int64_t grain,
+                                     neat_parallel_body body, void *ctx, void *user);
+
+/* How to run a call. Zero-initialised means: sequential CPU, default CUDA stream. */
+typedef struct neat_exec {
+    neat_parallel_for_fn parallel_for; /* NULL: run sequentially */
+    void *parallel_user;               /* passed back to parallel_for */
+    int32_t num_threads;               /* most chunks parallel_for runs at once; <= 0 means 1 */
+    void *stream;                      /* cudaStream_t for CUDA calls; ignored on CPU */
+} neat_exec;
+
+/* ---- library information and errors ---- */
+
+NEAT_API int neat_abi_version(void);
+NEAT_API const char *neat_status_string(neat_status status);
+/* Message of the last failing call on this thread ("" if none). */
+NEAT_API const char *neat_last_error(void);
+NEAT_API const char *neat_activation_name(neat_activation act);
+/* Parses "relu", "sin", "gelu", "gelu_tanh", "silu", "tanh", "identity". */
+NEAT_API neat_status neat_activation_from_name(const char *name, neat_activation *out);
+/* 1 when the library was built with the CUDA backend. */
+NEAT_API int neat_has_cuda(void);
+
+/* Builds a view of a contiguous row-major array (strides derived from sizes). */
+NEAT_API neat_tensor neat_tensor_contiguous(void *data, neat_dtype dtype, int32_t ndim,
+                                            const int64_t *sizes, neat_device device);
+
+/* ---- the full layer: y = x W^T + b + s U B^T ---- */
+
+NEAT_API neat_status neat_linear_forward_workspace_size(const neat_args *args,
+                                                        const neat_exec *exec, size_t *bytes);
+NEAT_API neat_status neat_linear_forward(neat_tensor *y, const neat_args *args,
+                                         void *workspace, size_t workspace_bytes,
+                                         const neat_exec *exec);
+
+NEAT_API neat_status neat_linear_backward_workspace_size(const neat_grads *grads,
+                                                         const neat_args *args,
+                                                         const neat_exec *exec, size_t *bytes);
+NEAT_API neat_status neat_linear_backward(const neat_grads *grads, const neat_tensor *dy,
+                                          const neat_args *args, void *workspace,
+                                          size_t workspace_bytes, const neat_exec *exec);
+
+/* ---- the adapter term only: y = s U B^T (args->bias must be NULL) ---- */
+
+NEAT_API neat_status neat_adapter_forward_workspace_size(const neat_args *args,
+                                                         const neat_exec *exec, size_t *bytes);
+NEAT_API neat_status neat_adapter_forward(neat_tensor *y, const neat_args *args,
+                                          void *workspace, size_t workspace_bytes,
+                                          const neat_exec *exec);
+
+NEAT_API neat_status neat_adapter_backward_workspace_size(const neat_grads *grads,
+                                                          const neat_args *args,
+                                                          const neat_exec *exec, size_t *bytes);
+NEAT_API neat_status neat_adapter_backward(const neat_grads *grads, const neat_tensor *dy,
+                                           const neat_args *args, void *workspace,
+                                           size_t workspace_bytes, const neat_exec *exec);
+
+/*
+ * ---- the adapted weight's low-rank factor ----
+ * G = the hidden stack applied to act(A W), (r, d_in). Used for merging (W + s B G) and for
+ * caching G in inference. Never forms the d_out x d_in update.
+ */
+NEAT_API neat_status neat_compute_g_workspace_size(const neat_args *args, const neat_exec *exec,
+                                                   size_t *bytes);
+NEAT_API neat_status neat_compute_g(neat_tensor *G, const neat_args *args, void *workspace,
+                                    size_t workspace_bytes, const neat_exec *exec);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NEAT_H */

@@ -1,0 +1,29 @@
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(1234)
+    yield
+
+
+def make_case(n=5, d_in=37, d_out=53, r=3, num_hidden=0, bias=True, dtype=torch.float64, requires_grad=False, lead=None):
+    """Fresh random inputs for one op call (never zeros: B is random too)."""
+    shape = (n, d_in) if lead is None else (*lead, d_in)
+    x = torch.randn(*shape, dtype=dtype)
+    w = torch.randn(d_out, d_in, dtype=dtype) / d_in**0.5
+    b = torch.randn(d_out, dtype=dtype) if bias else None
+    A = torch.randn(r, d_out, dtype=dtype) / d_out**0.5
+    B = torch.randn(d_out, r, dtype=dtype) / r**0.5
+    H = [torch.randn(r, r, dtype=dtype) / r**0.5 for _ in range(num_hidden)]
+    if requires_grad:
+        for t in [x, w, b, A, B, *H]:
+            if t is not None:
+                t.requires_grad_(True)
+    return x, w, b, A, B, H

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs torch-neat with its test dependencies and runs every CPU test: the C tests (ctest)
+# and the Python tests (pytest). GPU tests live in tests/gpu and run on a GPU machine only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# torch is pinned: a bare or open-ended torch requirement would pull a multi-GB CUDA build.
+python3 -m pip install -q torch==2.13.0 "scikit-build-core>=0.10" pytest transformers "peft>=0.19" safetensors tqdm scikit-learn
+python3 -m pip install -q --no-build-isolation .
+
+cmake -S . -B build/ctest -DCMAKE_BUILD_TYPE=Release -DNEAT_TORCH=OFF -DNEAT_CUDA=OFF >/dev/null
+cmake --build build/ctest -j "$(nproc)"
+ctest --test-dir build/ctest --output-on-failure
+
+python3 -m pytest tests/python -q -p no:cacheprovider

@@ -1,0 +1,99 @@
+// neat_torch.cpp - registers torch.ops.neat.* for CPU through LibTorch's stable ABI.
+//
+// The only job of this file is translation: torch::stable::Tensor -> neat_tensor views, output and
+// workspace allocation with torch, PyTorch's thread pool as the parallel-for hook, and neat_status
+// -> exception. All math lives behind shim/neat.h. Built against TORCH_TARGET_VERSION 2.10 so one
+// binary loads in every torch >= 2.10.
+#include "neat_torch_common.h"
+
+#include <torch/csrc/stable/library.h>
+
+namespace neat_torch {
+
+// PyTorch's intra-op pool as neat's parallel-for: honours torch.set_num_threads.
+static void torch_parallel_for_hook(int64_t begin, int64_t end, int64_t grain,
+                                    neat_parallel_body body, void *ctx, void * /*user*/) {
+  // torch_parallel_for calls back with (begin, end, ctx), the same shape as neat_parallel_body.
+  STABLE_TORCH_ERROR_CODE_CHECK(torch_parallel_for(begin, end, grain, body, ctx));
+}
+
+neat_exec cpu_exec() {
+  neat_exec exec{};
+  uint32_t threads = 1;
+  STABLE_TORCH_ERROR_CODE_CHECK(torch_get_num_threads(&threads));
+  exec.parallel_for = &torch_parallel_for_hook;
+  exec.parallel_user = nullptr;
+  exec.num_threads = static_cast<int32_t>(threads);
+  exec.stream = nullptr;
+  return exec;
+}
+
+}  // namespace neat_torch
+
+using neat_torch::Tensor;
+
+static Tensor linear_cpu(Tensor input, Tensor weight, std::optional<Tensor> bias, Tensor A, Tensor B,
+                         std::optional<std::vector<Tensor>> hidden, std::string activation,
+                         double scale) {
+  neat_exec exec = neat_torch::cpu_exec();
+  return neat_torch::forward("neat::linear", input, weight, bias, A, B, hidden.value_or(neat_torch::TensorList{}), activation, scale,
+                             /*with_base=*/true, exec);
+}
+
+static Tensor adapter_cpu(Tensor input, Tensor weight, Tensor A, Tensor B,
+                          std::optional<std::vector<Tensor>> hidden, std::string activation,
+                          double scale) {
+  neat_exec exec = neat_torch::cpu_exec();
+  return neat_torch::forward("neat::adapter", input, weight, std::nullopt, A, B, hidden.value_or(neat_torch::TensorList{}), activation,
+                             scale, /*with_base=*/false, exec);
+}
+
+static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> linear_backward_cpu(
+    Tensor grad_out, Tensor input, Tensor weight, std::optional<Tensor> bias, Tensor A, Tensor B,
+    std::vector<Tensor> hidden, std::string activation, double scale,
+    std::vector<bool> output_mask) {
+  neat_exec exec = neat_torch::cpu_exec();
+  return neat_torch::backward("neat::linear_backward", grad_out, input, weight, bias, A, B, hidden,
+                              activation, scale, output_mask, /*with_base=*/true, exec);
+}
+
+static std::tuple<Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> adapter_backward_cpu(
+    Tensor grad_out, Tensor input, Tensor weight, Tensor A, Tensor B, std::vector<Tensor> hidden,
+    std::string activation, double scale, std::vector<bool> output_mask) {
+  neat_exec exec = neat_torch::cpu_exec();
+  auto r = neat_torch::backward("neat::adapter_backward", grad_out, input, weight, std::nullopt, A,
+                                B, hidden, activation, scale, output_mask, /*with_base=*/false,
+                                exec);
+  return {std::get<0>(r), std::get<1>(r), std::get<3>(r), std::get<4>(r), std::get<5>(r)};
+}
+
+static Tensor compute_g_cpu(Tensor weight, Tensor A, std::optional<std::vector<Tensor>> hidden,
+                            std::string activation) {
+  neat_exec exec = neat_torch::cpu_exec();
+  return neat_torch::compute_g("neat::compute_g", weight, A, hidden.value_or(neat_torch::TensorList{}), activation, exec);
+}
+
+// The schemas are the contract of DESIGN.md section 3.1, except that `hidden` is `Tensor[]? = None`:
+// torch's schema parser accepts no list-of-tensor default other than None. The *_backward ops are
+// internal.
+STABLE_TORCH_LIBRARY(neat, m) {
+  m.def("linear(Tensor input, Tensor weight, Tensor? bias, Tensor A, Tensor B, "
+        "Tensor[]? hidden=None, str activation=\"relu\", float scale=1.0) -> Tensor");
+  m.def("adapter(Tensor input, Tensor weight, Tensor A, Tensor B, Tensor[]? hidden=None, "
+        "str activation=\"relu\", float scale=1.0) -> Tensor");
+  m.def("linear_backward(Tensor grad_out, Tensor input, Tensor weight, Tensor? bias, Tensor A, "
+        "Tensor B, Tensor[] hidden, str activation, float scale, bool[] output_mask) -> "
+        "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor[])");
+  m.def("adapter_backward(Tensor grad_out, Tensor input, Tensor weight, Tensor A, Tensor B, "
+        "Tensor[] hidden, str activation, float scale, bool[] output_mask) -> "
+        "(Tensor, Tensor, Tensor, Tensor, Tensor[])");
+  m.def("compute_g(Tensor weight, Tensor A, Tensor[]? hidden=None, str activation=\"relu\") -> Tensor");
+}
+
+STABLE_TORCH_LIBRARY_IMPL(neat, CPU, m) {
+  m.impl("linear", TORCH_BOX(&linear_cpu));
+  m.impl("adapter", TORCH_BOX(&adapter_cpu));
+  m.impl("linear_backward", TORCH_BOX(&linear_backward_cpu));
+  m.impl("adapter_backward", TORCH_BOX(&adapter_backward_cpu));
+  m.impl("compute_g", TORCH_BOX(&compute_g_cpu));
+}

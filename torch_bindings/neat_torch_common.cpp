@@ -1,0 +1,256 @@
+// neat_torch_common.cpp - shared translation between torch::stable tensors and neat.h views.
+#include "neat_torch_common.h"
+
+#include <cstring>
+#include <sstream>
+#include <stdexcept>
+
+#include <torch/headeronly/core/ScalarType.h>
+
+namespace neat_torch {
+
+using torch::headeronly::ScalarType;
+
+void fail(const char *op, const std::string &what) {
+  throw std::runtime_error(std::string(op) + ": " + what);
+}
+
+static std::string shape_str(const Tensor &t) {
+  std::ostringstream s;
+  s << "(";
+  for (int64_t i = 0; i < t.dim(); ++i) s << (i ? ", " : "") << t.size(i);
+  if (t.dim() == 1) s << ",";
+  s << ")";
+  return s.str();
+}
+
+// The C library prefixes its messages with its own function name; the Python user called the op.
+static void check(neat_status status, const char *op) {
+  if (status == NEAT_OK) return;
+  const char *msg = neat_last_error();
+  const char *colon = std::strstr(msg, ": ");
+  if (std::strncmp(msg, "neat_", 5) == 0 && colon) msg = colon + 2;
+  std::string text(msg);
+  // The C ABI calls the input x (DESIGN's notation); the op's argument is named input.
+  if (text.rfind("x ", 0) == 0) text = "input " + text.substr(2);
+  fail(op, text + " [" + neat_status_string(status) + "]");
+}
+
+neat_tensor view(const Tensor &t, const char *op, const char *name) {
+  if (!t.defined()) fail(op, std::string(name) + " is an undefined tensor");
+  if (t.layout() != torch::headeronly::Layout::Strided)
+    fail(op, std::string(name) + " must be a dense (strided) tensor");
+  neat_tensor v;
+  std::memset(&v, 0, sizeof v);
+  switch (t.scalar_type()) {
+    case ScalarType::Float: v.dtype = NEAT_FLOAT32; break;
+    case ScalarType::Double: v.dtype = NEAT_FLOAT64; break;
+    case ScalarType::BFloat16: v.dtype = NEAT_BFLOAT16; break;
+    case ScalarType::Half: v.dtype = NEAT_FLOAT16; break;
+    default:
+      fail(op, std::string(name) + " must be a floating-point tensor (float32, float64, bfloat16 "
+                                   "or float16); got " + torch::headeronly::toString(t.scalar_type()));
+  }
+  auto dev = t.device();
+  if (dev.type() == torch::headeronly::DeviceType::CPU) {
+    v.device.type = NEAT_DEVICE_CPU;
+    v.device.index = 0;
+  } else if (dev.type() == torch::headeronly::DeviceType::CUDA) {
+    v.device.type = NEAT_DEVICE_CUDA;
+    v.device.index = dev.index();
+  } else {
+    fail(op, std::string(name) + " must be on a cpu or cuda device");
+  }
+  if (t.dim() > NEAT_MAX_DIMS) fail(op, std::string(name) + " has too many dimensions");
+  v.ndim = static_cast<int32_t>(t.dim());
+  for (int64_t i = 0; i < t.dim(); ++i) {
+    v.sizes[i] = t.size(i);
+    v.strides[i] = t.stride(i);
+  }
+  v.data = t.numel() > 0 ? t.data_ptr() : nullptr;
+  return v;
+}
+
+namespace {
+
+// Everything a call needs, kept alive together: views point into this struct.
+struct Call {
+  neat_tensor x, weight, bias, A, B;
+  std::vector<neat_tensor> hidden;
+  neat_args args;
+  Tensor x2d;
+  int64_t n = 0, d_in = 0, d_out = 0;
+
+  Call(const char *op, const Tensor &input, const Tensor &weight_t,
+       const std::optional<Tensor> &bias_t, const Tensor &A_t, const Tensor &B_t,
+       const std::vector<Tensor> &hidden_t, const std::string &activation, double scale) {
+    if (input.dim() < 1) fail(op, "input must have at least one dimension (..., d_in); got a scalar");
+    if (weight_t.dim() != 2)
+      fail(op, "weight must be 2-D (d_out, d_in); got shape " + shape_str(weight_t));
+    d_in = input.size(-1);
+    d_out = weight_t.size(0);
+    if (d_in != weight_t.size(1))
+      fail(op, "input's last dimension must equal weight.shape[1] = " +
+                   std::to_string(weight_t.size(1)) + " (d_in); got input shape " + shape_str(input));
+    if (d_in < 1) fail(op, "input's last dimension (d_in) must be at least 1");
+    // Leading dims fold into N; a 2-D input keeps its strides, others are viewed (or copied
+    // by reshape only when no view exists).
+    x2d = input.dim() == 2 ? input : torch::stable::reshape(input, {-1, d_in});
+    n = x2d.size(0);
+
+    std::memset(&args, 0, sizeof args);
+    x = view(x2d, op, "input");
+    weight = view(weight_t, op, "weight");
+    A = view(A_t, op, "A");
+    B = view(B_t, op, "B");
+    hidden.reserve(hidden_t.size());
+    for (size_t i = 0; i < hidden_t.size(); ++i) {
+      std::string name = "hidden[" + std::to_string(i) + "]";
+      hidden.push_back(view(hidden_t[i], op, name.c_str()));
+    }
+    args.x = &x;
+    args.weight = &weight;
+    if (bias_t.has_value()) {
+      bias = view(*bias_t, op, "bias");
+      args.bias = &bias;
+    }
+    args.A = &A;
+    args.B = &B;
+    args.hidden = hidden.empty() ? nullptr : hidden.data();
+    args.num_hidden = static_cast<int32_t>(hidden.size());
+    neat_activation act;
+    if (neat_activation_from_name(activation.c_str(), &act) != NEAT_OK)
+      fail(op, "unknown activation '" + activation +
+                   "'; expected one of relu, sin, gelu, gelu_tanh, silu, tanh, identity");
+    args.activation = act;
+    args.scale = scale;
+  }
+};
+
+}  // namespace
+
+static Tensor workspace_like(const Tensor &like, size_t bytes) {
+  if (bytes == 0) return Tensor();
+  return torch::stable::new_empty(like, {static_cast<int64_t>(bytes)}, ScalarType::Byte);
+}
+
+static void *ws_ptr(const Tensor &ws) { return ws.defined() ? ws.data_ptr() : nullptr; }
+
+Tensor forward(const char *op, const Tensor &input, const Tensor &weight,
+               const std::optional<Tensor> &bias, const Tensor &A, const Tensor &B,
+               const std::vector<Tensor> &hidden, const std::string &activation, double scale,
+               bool with_base, const neat_exec &exec) {
+  Call c(op, input, weight, bias, A, B, hidden, activation, scale);
+  Tensor y = torch::stable::new_empty(input, {c.n, c.d_out});
+  neat_tensor yv = view(y, op, "output");
+  size_t bytes = 0;
+  check(with_base ? neat_linear_forward_workspace_size(&c.args, &exec, &bytes)
+                  : neat_adapter_forward_workspace_size(&c.args, &exec, &bytes),
+        op);
+  Tensor ws = workspace_like(input, bytes);
+  check(with_base ? neat_linear_forward(&yv, &c.args, ws_ptr(ws), bytes, &exec)
+                  : neat_adapter_forward(&yv, &c.args, ws_ptr(ws), bytes, &exec),
+        op);
+  if (input.dim() == 2) return y;
+  std::vector<int64_t> out_shape;
+  for (int64_t i = 0; i + 1 < input.dim(); ++i) out_shape.push_back(input.size(i));
+  out_shape.push_back(c.d_out);
+  return torch::stable::view(y, out_shape);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> backward(
+    const char *op, const Tensor &grad_out, const Tensor &input, const Tensor &weight,
+    const std::optional<Tensor> &bias, const Tensor &A, const Tensor &B,
+    const std::vector<Tensor> &hidden, const std::string &activation, double scale,
+    const std::vector<bool> &output_mask, bool with_base, const neat_exec &exec) {
+  if (output_mask.size() != 6)
+    fail(op, "output_mask must have 6 entries (dx, dweight, dbias, dA, dB, dhidden)");
+  Call c(op, input, weight, bias, A, B, hidden, activation, scale);
+
+  bool same_shape = grad_out.dim() == input.dim() && grad_out.size(-1) == c.d_out;
+  for (int64_t i = 0; same_shape && i + 1 < input.dim(); ++i)
+    same_shape = grad_out.size(i) == input.size(i);
+  if (!same_shape)
+    fail(op, "grad_out must have the output's shape (input's leading dims, d_out = " +
+                 std::to_string(c.d_out) + "); got " + shape_str(grad_out));
+  Tensor dy2d = grad_out.dim() == 2 ? grad_out : torch::stable::reshape(grad_out, {-1, c.d_out});
+  neat_tensor dyv = view(dy2d, op, "grad_out");
+
+  // Not-requested gradients are 0-element placeholders (a schema cannot return None).
+  auto grad_for = [&](bool wanted, const Tensor &like, std::vector<int64_t> shape) {
+    return torch::stable::new_empty(like, wanted ? shape : std::vector<int64_t>{0});
+  };
+  const bool want_db = output_mask[2] && with_base && bias.has_value();
+  Tensor dx = grad_for(output_mask[0], input, {c.n, c.d_in});
+  Tensor dw = grad_for(output_mask[1], weight, {c.d_out, c.d_in});
+  Tensor db = want_db ? torch::stable::new_empty(*bias, {c.d_out})
+                      : torch::stable::new_empty(weight, {0});
+  Tensor dA = grad_for(output_mask[3], A, {A.size(0), A.size(1)});
+  Tensor dB = grad_for(output_mask[4], B, {B.size(0), B.size(1)});
+  std::vector<Tensor> dh;
+  for (const Tensor &h : hidden) dh.push_back(grad_for(output_mask[5], h, {h.size(0), h.size(1)}));
+
+  neat_tensor dxv, dwv, dbv, dAv, dBv;
+  std::vector<neat_tensor> dhv;
+  neat_grads g;
+  std::memset(&g, 0, sizeof g);
+  if (output_mask[0]) { dxv = view(dx, op, "dx"); g.dx = &dxv; }
+  if (output_mask[1]) { dwv = view(dw, op, "dweight"); g.dweight = &dwv; }
+  if (want_db) { dbv = view(db, op, "dbias"); g.dbias = &dbv; }
+  if (output_mask[3]) { dAv = view(dA, op, "dA"); g.dA = &dAv; }
+  if (output_mask[4]) { dBv = view(dB, op, "dB"); g.dB = &dBv; }
+  if (output_mask[5] && !dh.empty()) {
+    for (const Tensor &t : dh) dhv.push_back(view(t, op, "dhidden"));
+    g.dhidden = dhv.data();
+  }
+
+  size_t bytes = 0;
+  check(with_base ? neat_linear_backward_workspace_size(&g, &c.args, &exec, &bytes)
+                  : neat_adapter_backward_workspace_size(&g, &c.args, &exec, &bytes),
+        op);
+  Tensor ws = workspace_like(input, bytes);
+  check(with_base ? neat_linear_backward(&g, &dyv, &c.args, ws_ptr(ws), bytes, &exec)
+                  : neat_adapter_backward(&g, &dyv, &c.args, ws_ptr(ws), bytes, &exec),
+        op);
+  if (output_mask[0] && input.dim() != 2) {
+    std::vector<int64_t> shape;
+    for (int64_t i = 0; i < input.dim(); ++i) shape.push_back(input.size(i));
+    dx = torch::stable::view(dx, shape);
+  }
+  return {dx, dw, db, dA, dB, dh};
+}
+
+Tensor compute_g(const char *op, const Tensor &weight, const Tensor &A,
+                 const std::vector<Tensor> &hidden, const std::string &activation,
+                 const neat_exec &exec) {
+  if (weight.dim() != 2)
+    fail(op, "weight must be 2-D (d_out, d_in); got shape " + shape_str(weight));
+  if (A.dim() != 2) fail(op, "A must be 2-D (r, d_out); got shape " + shape_str(A));
+  neat_tensor wv = view(weight, op, "weight"), Av = view(A, op, "A");
+  std::vector<neat_tensor> hv;
+  for (size_t i = 0; i < hidden.size(); ++i) {
+    std::string name = "hidden[" + std::to_string(i) + "]";
+    hv.push_back(view(hidden[i], op, name.c_str()));
+  }
+  neat_args args;
+  std::memset(&args, 0, sizeof args);
+  args.weight = &wv;
+  args.A = &Av;
+  args.hidden = hv.empty() ? nullptr : hv.data();
+  args.num_hidden = static_cast<int32_t>(hv.size());
+  neat_activation act;
+  if (neat_activation_from_name(activation.c_str(), &act) != NEAT_OK)
+    fail(op, "unknown activation '" + activation +
+                 "'; expected one of relu, sin, gelu, gelu_tanh, silu, tanh, identity");
+  args.activation = act;
+  args.scale = 1.0;
+  Tensor G = torch::stable::new_empty(A, {A.size(0), weight.size(1)});
+  neat_tensor gv = view(G, op, "G");
+  size_t bytes = 0;
+  check(neat_compute_g_workspace_size(&args, &exec, &bytes), op);
+  Tensor ws = workspace_like(A, bytes);
+  check(neat_compute_g(&gv, &args, ws_ptr(ws), bytes, &exec), op);
+  return G;
+}
+
+}  // namespace neat_torch
