@@ -15,7 +15,9 @@
  *   - every symbol is prefixed neat_ / NEAT_; the header is C11 and C++-safe;
  *   - tensors cross as non-owning views (neat_tensor); strides are in elements;
  *   - outputs come first in argument lists; the caller owns every buffer;
- *   - scratch memory is "ask the size, caller allocates" (the *_workspace_size functions);
+ *   - scratch memory is "ask the size, caller allocates" (the *_workspace_size functions); the
+ *     size depends on the shapes and on exec->num_threads, so pass the same exec to the size
+ *     query and to the call; results never depend on the thread count (bit for bit);
  *   - every function returns a neat_status; neat_last_error() holds a thread-local message
  *     naming the offending argument;
  *   - CPU parallelism goes through an optional parallel-for hook in neat_exec, CUDA work
@@ -110,9 +112,9 @@ typedef struct neat_args {
 } neat_args;
 
 /*
- * Gradient outputs. A NULL pointer (or, for dhidden[i], a view whose data is NULL while its
- * sizes are non-empty) means "not requested": that gradient is neither computed nor written.
- * Requested outputs are overwritten, never accumulated into.
+ * Gradient outputs. A NULL pointer (or, for dhidden[i], a view whose data is NULL) means "not
+ * requested": that gradient is neither computed nor written. Requested outputs are overwritten,
+ * never accumulated into, and must not share memory with any input or other output.
  */
 typedef struct neat_grads {
     neat_tensor *dx;      /* (N, d_in) */
@@ -189,8 +191,9 @@ NEAT_API neat_status neat_adapter_backward(const neat_grads *grads, const neat_t
 
 /*
  * ---- the adapted weight's low-rank factor ----
- * G = the hidden stack applied to act(A W), (r, d_in). Used for merging (W + s B G) and for
- * caching G in inference. Never forms the d_out x d_in update.
+ * G = the hidden stack applied to act(A W), (r, d_in), in A's dtype. Used for merging
+ * (W + s B G) and for caching G in inference. Never forms the d_out x d_in update. Reads only
+ * args->weight, A, hidden, num_hidden and activation (x and B may be NULL).
  */
 NEAT_API neat_status neat_compute_g_workspace_size(const neat_args *args, const neat_exec *exec,
                                                    size_t *bytes);

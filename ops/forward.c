@@ -1,0 +1,99 @@
+/*
+ * forward.c - CPU forward and compute_g (DESIGN 1.1):
+ *   G = stack(act(A W))          (r, d_in), column blocks, gstack.c
+ *   U = x G^T                    (N, r)
+ *   linear:  y = x W^T + s U B^T + b
+ *   adapter: y = s U B^T
+ * The d_out x d_in update s B G is never formed.
+ */
+#include "backend.h"
+#include "gemm.h"
+#include "gstack.h"
+#include "matrix.h"
+#include "workspace.h"
+
+static size_t neat_max3(size_t a, size_t b, size_t c)
+{
+    size_t m = a > b ? a : b;
+    return m > c ? m : c;
+}
+
+typedef struct neat_fwd_bufs {
+    void *G, *U, *scratch;
+} neat_fwd_bufs;
+
+/* The one layout both the size query and the compute call use. */
+static size_t neat_fwd_layout(const neat_args *args, int with_base, const neat_exec *exec,
+                              void *workspace, neat_fwd_bufs *b)
+{
+    neat_dtype dt = args->weight->dtype;
+    size_t es = dt == NEAT_FLOAT64 ? sizeof(double) : sizeof(float);
+    int64_t N = args->x->sizes[0], d_in = args->weight->sizes[1];
+    int64_t d_out = args->weight->sizes[0], r = args->A->sizes[0];
+    int32_t lanes = neat_exec_lanes(exec);
+    size_t gemm = neat_max3(neat_gemm_scratch_bytes_mnk(dt, N, r, d_in, lanes),
+                            neat_gemm_scratch_bytes_mnk(dt, N, d_out, r, lanes),
+                            with_base ? neat_gemm_scratch_bytes_mnk(dt, N, d_out, d_in, lanes) : 0);
+    size_t stack = neat_gstack_scratch_bytes(args, 0);
+    neat_carver c = neat_carver_begin(workspace);
+    b->G = neat_carve(&c, (size_t)(r * d_in) * es);
+    b->U = neat_carve(&c, (size_t)(N * r) * es);
+    /* the stack and the GEMMs run one after the other, so they share their scratch */
+    b->scratch = neat_carve(&c, stack > gemm ? stack : gemm);
+    return c.used;
+}
+
+neat_status neat_cpu_forward_workspace_size(const neat_args *args, int with_base,
+                                            const neat_exec *exec, size_t *bytes)
+{
+    neat_fwd_bufs b;
+    *bytes = neat_fwd_layout(args, with_base, exec, NULL, &b);
+    return NEAT_OK;
+}
+
+neat_status neat_cpu_forward(neat_tensor *y, const neat_args *args, int with_base,
+                             void *workspace, size_t workspace_bytes, const neat_exec *exec)
+{
+    (void)workspace_bytes; /* checked by dispatch against the same layout */
+    neat_fwd_bufs b;
+    neat_fwd_layout(args, with_base, exec, workspace, &b);
+    const neat_tensor *x = args->x, *W = args->weight, *B = args->B;
+    neat_dtype dt = W->dtype;
+    int64_t N = x->sizes[0], d_in = W->sizes[1], d_out = W->sizes[0], r = args->A->sizes[0];
+    int64_t yrs = y->strides[0], ycs = y->strides[1];
+
+    neat_gstack_forward(args, b.G, d_in, 1, b.scratch, exec);
+    /* U = x G^T */
+    neat_gemm(dt, N, r, d_in, 1.0, x->data, x->strides[0], x->strides[1], b.G, 1, d_in, 0.0, b.U,
+              r, 1, b.scratch, exec);
+    if (with_base) {
+        /* y = x W^T, then y += s U B^T */
+        neat_gemm(dt, N, d_out, d_in, 1.0, x->data, x->strides[0], x->strides[1], W->data,
+                  W->strides[1], W->strides[0], 0.0, y->data, yrs, ycs, b.scratch, exec);
+        neat_gemm(dt, N, d_out, r, args->scale, b.U, r, 1, B->data, B->strides[1], B->strides[0],
+                  1.0, y->data, yrs, ycs, b.scratch, exec);
+        if (args->bias)
+            neat_mat_add_row(dt, N, d_out, args->bias->data, args->bias->strides[0], y->data, yrs,
+                             ycs);
+    } else {
+        neat_gemm(dt, N, d_out, r, args->scale, b.U, r, 1, B->data, B->strides[1], B->strides[0],
+                  0.0, y->data, yrs, ycs, b.scratch, exec);
+    }
+    return NEAT_OK;
+}
+
+neat_status neat_cpu_compute_g_workspace_size(const neat_args *args, const neat_exec *exec,
+                                              size_t *bytes)
+{
+    (void)exec; /* the stack's parallel split never depends on the thread count */
+    *bytes = neat_gstack_scratch_bytes(args, 0);
+    return NEAT_OK;
+}
+
+neat_status neat_cpu_compute_g(neat_tensor *G, const neat_args *args, void *workspace,
+                               size_t workspace_bytes, const neat_exec *exec)
+{
+    (void)workspace_bytes;
+    neat_gstack_forward(args, G->data, G->strides[0], G->strides[1], workspace, exec);
+    return NEAT_OK;
+}

@@ -1,0 +1,424 @@
+/*
+ * validate.c - argument checks shared by every public entry point and both devices.
+ */
+#include "validate.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "backend.h"
+
+#define NEAT_TRY(expr)                                                                         \
+    do {                                                                                       \
+        neat_status neat_try_ = (expr);                                                        \
+        if (neat_try_ != NEAT_OK)                                                              \
+            return neat_try_;                                                                  \
+    } while (0)
+
+typedef enum neat_role {
+    NEAT_ROLE_BASE,  /* shares weight's dtype */
+    NEAT_ROLE_PARAM, /* shares A's dtype */
+    NEAT_ROLE_EITHER /* G on CUDA: either of the two */
+} neat_role;
+
+const char *neat_dtype_name(neat_dtype dtype)
+{
+    switch (dtype) {
+    case NEAT_FLOAT32: return "float32";
+    case NEAT_FLOAT64: return "float64";
+    case NEAT_BFLOAT16: return "bfloat16";
+    case NEAT_FLOAT16: return "float16";
+    }
+    return "unknown dtype";
+}
+
+static const char *neat_device_name(neat_device_type t)
+{
+    return t == NEAT_DEVICE_CPU ? "cpu" : t == NEAT_DEVICE_CUDA ? "cuda" : "unknown";
+}
+
+static void neat_shape_str(const neat_tensor *t, char *buf, size_t n)
+{
+    int off = snprintf(buf, n, "(");
+    for (int32_t d = 0; d < t->ndim && d < NEAT_MAX_DIMS && off > 0 && (size_t)off < n; d++)
+        off += snprintf(buf + off, n - (size_t)off, "%s%lld", d ? ", " : "",
+                        (long long)t->sizes[d]);
+    if (off > 0 && (size_t)off < n)
+        snprintf(buf + off, n - (size_t)off, ")");
+}
+
+static int neat_is_half(neat_dtype d)
+{
+    return d == NEAT_BFLOAT16 || d == NEAT_FLOAT16;
+}
+
+/*
+ * Checks one view: presence, rank, sizes against expect (-1: any), device, dtype (by role),
+ * strides and data. desc is how the expected shape is explained in the message.
+ */
+static neat_status neat_check_view(const char *fn, const char *name, const neat_tensor *t,
+                                   int32_t ndim, const int64_t *expect, const char *desc,
+                                   int is_output, neat_role role, const neat_problem *p)
+{
+    char got[160];
+    if (!t)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT, "%s: %s must not be NULL", fn, name);
+    if (t->ndim != ndim)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                              "%s: %s must be %d-D with shape %s; got a %d-D view", fn, name,
+                              ndim, desc, t->ndim);
+    neat_shape_str(t, got, sizeof got);
+    for (int32_t d = 0; d < ndim; d++)
+        if (t->sizes[d] < 0 || (expect[d] >= 0 && t->sizes[d] != expect[d]))
+            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT, "%s: %s must have shape %s; got %s",
+                                  fn, name, desc, got);
+    if (t->device.type != p->device.type || t->device.index != p->device.index)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                              "%s: %s is on %s:%d but weight is on %s:%d; all tensors of a call "
+                              "must be on one device",
+                              fn, name, neat_device_name(t->device.type), (int)t->device.index,
+                              neat_device_name(p->device.type), (int)p->device.index);
+    int dtype_ok = role == NEAT_ROLE_BASE    ? t->dtype == p->dtype
+                   : role == NEAT_ROLE_PARAM ? t->dtype == p->param_dtype
+                                             : t->dtype == p->dtype || t->dtype == p->param_dtype;
+    if (!dtype_ok) {
+        if (p->device.type == NEAT_DEVICE_CPU)
+            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                                  "%s: %s has dtype %s but weight has %s; on CPU every tensor of "
+                                  "a call must share one dtype (float32 or float64)",
+                                  fn, name, neat_dtype_name(t->dtype), neat_dtype_name(p->dtype));
+        if (role == NEAT_ROLE_BASE)
+            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                                  "%s: %s has dtype %s but weight has %s; x, weight, bias, y and "
+                                  "their gradients must share one dtype",
+                                  fn, name, neat_dtype_name(t->dtype), neat_dtype_name(p->dtype));
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                              "%s: %s has dtype %s but A has %s; A, B, hidden%s and their "
+                              "gradients must share one dtype",
+                              fn, name, neat_dtype_name(t->dtype),
+                              neat_dtype_name(p->param_dtype), role == NEAT_ROLE_EITHER ? ", G" : "");
+    }
+    int64_t numel = 1;
+    for (int32_t d = 0; d < ndim; d++) numel *= t->sizes[d];
+    for (int32_t d = 0; d < ndim; d++) {
+        if (t->strides[d] < 0)
+            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                                  "%s: %s has stride %lld in dim %d; strides must be >= 0", fn,
+                                  name, (long long)t->strides[d], (int)d);
+        /* an empty view has no elements to overlap, whatever its strides say */
+        if (is_output && numel > 0 && t->strides[d] == 0 && t->sizes[d] > 1)
+            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                                  "%s: output %s has stride 0 in dim %d of size %lld; an output's "
+                                  "elements must not overlap",
+                                  fn, name, (int)d, (long long)t->sizes[d]);
+    }
+    if (numel > 0 && !t->data)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                              "%s: %s has %lld elements but its data pointer is NULL", fn, name,
+                              (long long)numel);
+    return NEAT_OK;
+}
+
+/* The byte range a view can touch; empty when it has no elements. */
+static void neat_byte_range(const neat_tensor *t, uintptr_t *lo, uintptr_t *hi)
+{
+    size_t es = t->dtype == NEAT_FLOAT64 ? 8 : t->dtype == NEAT_FLOAT32 ? 4 : 2;
+    int64_t last = 0;
+    for (int32_t d = 0; d < t->ndim && d < NEAT_MAX_DIMS; d++) {
+        if (t->sizes[d] <= 0) {
+            *lo = *hi = 0;
+            return;
+        }
+        last += (t->sizes[d] - 1) * t->strides[d];
+    }
+    *lo = (uintptr_t)t->data;
+    *hi = *lo + (uintptr_t)(last + 1) * es;
+}
+
+typedef struct neat_named {
+    const char *name;
+    const neat_tensor *t;
+} neat_named;
+
+/*
+ * Outputs must not share memory with inputs or with each other: the kernels write outputs
+ * while still reading inputs. Checked on byte ranges, so interleaved views of one buffer are
+ * rejected too (a conservative rule that fresh outputs always pass).
+ */
+static neat_status neat_check_overlap(const char *fn, const neat_named *outs, int n_out,
+                                      const neat_named *ins, int n_in)
+{
+    for (int i = 0; i < n_out; i++) {
+        uintptr_t lo, hi;
+        neat_byte_range(outs[i].t, &lo, &hi);
+        if (lo == hi)
+            continue;
+        for (int j = 0; j < n_in + i; j++) {
+            const neat_named *o = j < n_in ? &ins[j] : &outs[j - n_in];
+            uintptr_t lo2, hi2;
+            neat_byte_range(o->t, &lo2, &hi2);
+            if (lo2 != hi2 && lo < hi2 && lo2 < hi)
+                return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                                      "%s: output %s shares memory with %s %s; outputs must not "
+                                      "overlap inputs or other outputs",
+                                      fn, outs[i].name, j < n_in ? "input" : "output", o->name);
+        }
+    }
+    return NEAT_OK;
+}
+
+/* The inputs of args that are present, with their argument names. */
+static int neat_inputs(const neat_args *args, neat_named *ins, char names[][24])
+{
+    int n = 0;
+    const neat_named fixed[] = {{"x", args->x}, {"weight", args->weight}, {"bias", args->bias},
+                                {"A", args->A}, {"B", args->B}};
+    for (int i = 0; i < 5; i++)
+        if (fixed[i].t)
+            ins[n++] = fixed[i];
+    for (int32_t i = 0; i < args->num_hidden; i++) {
+        snprintf(names[i], sizeof names[i], "hidden[%d]", (int)i);
+        ins[n].name = names[i];
+        ins[n++].t = &args->hidden[i];
+    }
+    return n;
+}
+
+/* weight and A define the problem; then the rest of args is checked against them. */
+static neat_status neat_check_args(const char *fn, const neat_args *args, int with_base,
+                                   int need_x_B, neat_problem *p)
+{
+    char desc[200], got[160];
+    if (!args)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT, "%s: args must not be NULL", fn);
+    const neat_tensor *W = args->weight;
+    if (!W)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT, "%s: weight must not be NULL", fn);
+    if (W->ndim != 2)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                              "%s: weight must be 2-D with shape (d_out, d_in); got a %d-D view",
+                              fn, W->ndim);
+    neat_shape_str(W, got, sizeof got);
+    if (W->sizes[0] < 1 || W->sizes[1] < 1)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                              "%s: weight must have shape (d_out, d_in) with d_out >= 1 and "
+                              "d_in >= 1; got %s",
+                              fn, got);
+    p->device = W->device;
+    p->d_out = W->sizes[0];
+    p->d_in = W->sizes[1];
+    p->dtype = W->dtype;
+    if (W->device.type == NEAT_DEVICE_CPU) {
+        if (W->dtype != NEAT_FLOAT32 && W->dtype != NEAT_FLOAT64)
+            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                                  "%s: weight has dtype %s; on CPU the dtypes are float32 and "
+                                  "float64",
+                                  fn, neat_dtype_name(W->dtype));
+    } else if (W->device.type == NEAT_DEVICE_CUDA) {
+        if (W->dtype != NEAT_FLOAT32 && W->dtype != NEAT_FLOAT64 && !neat_is_half(W->dtype))
+            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                                  "%s: weight has dtype %d; on CUDA the dtypes are float32, "
+                                  "float64, bfloat16 and float16",
+                                  fn, (int)W->dtype);
+        if (W->device.index < 0)
+            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                                  "%s: weight is on cuda:%d; a CUDA ordinal must be >= 0", fn,
+                                  (int)W->device.index);
+    } else {
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                              "%s: weight has device type %d; expected cpu (0) or cuda (1)", fn,
+                              (int)W->device.type);
+    }
+
+    const neat_tensor *A = args->A;
+    if (!A)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT, "%s: A must not be NULL", fn);
+    if (A->ndim == 2 && A->sizes[0] < 1) {
+        neat_shape_str(A, got, sizeof got);
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                              "%s: A must have shape (r, d_out) with r >= 1; got %s", fn, got);
+    }
+    p->r = A->ndim == 2 ? A->sizes[0] : 0;
+    /* A's dtype is checked by its own rule before it becomes the reference for B, hidden */
+    p->param_dtype = A->dtype;
+    if (p->device.type == NEAT_DEVICE_CPU || !neat_is_half(p->dtype)) {
+        if (A->dtype != p->dtype)
+            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                                  "%s: A has dtype %s but weight has %s; %s", fn,
+                                  neat_dtype_name(A->dtype), neat_dtype_name(p->dtype),
+                                  p->device.type == NEAT_DEVICE_CPU
+                                      ? "on CPU every tensor of a call must share one dtype"
+                                      : "A may differ from weight only as float32 with a "
+                                        "bfloat16/float16 weight");
+    } else if (A->dtype != p->dtype && A->dtype != NEAT_FLOAT32) {
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                              "%s: A has dtype %s but weight has %s; A must have weight's dtype "
+                              "or float32",
+                              fn, neat_dtype_name(A->dtype), neat_dtype_name(p->dtype));
+    }
+    snprintf(desc, sizeof desc, "(r, d_out) = (r, %lld) to match weight (%lld, %lld)",
+             (long long)p->d_out, (long long)p->d_out, (long long)p->d_in);
+    NEAT_TRY(neat_check_view(fn, "A", A, 2, (const int64_t[]){-1, p->d_out}, desc, 0,
+                             NEAT_ROLE_PARAM, p));
+
+    p->N = 0;
+    if (args->x || need_x_B) {
+        snprintf(desc, sizeof desc, "(N, d_in) = (N, %lld) to match weight (%lld, %lld)",
+                 (long long)p->d_in, (long long)p->d_out, (long long)p->d_in);
+        NEAT_TRY(neat_check_view(fn, "x", args->x, 2, (const int64_t[]){-1, p->d_in}, desc, 0,
+                                 NEAT_ROLE_BASE, p));
+        p->N = args->x->sizes[0];
+    }
+    if (args->B || need_x_B) {
+        snprintf(desc, sizeof desc, "(d_out, r) = (%lld, %lld) to match weight and A",
+                 (long long)p->d_out, (long long)p->r);
+        NEAT_TRY(neat_check_view(fn, "B", args->B, 2, (const int64_t[]){p->d_out, p->r}, desc, 0,
+                                 NEAT_ROLE_PARAM, p));
+    }
+    if (args->bias) {
+        if (!with_base)
+            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                                  "%s: bias must be NULL for the adapter entry points (the "
+                                  "adapter term has no bias)",
+                                  fn);
+        snprintf(desc, sizeof desc, "(d_out) = (%lld) to match weight", (long long)p->d_out);
+        NEAT_TRY(neat_check_view(fn, "bias", args->bias, 1, (const int64_t[]){p->d_out}, desc, 0,
+                                 NEAT_ROLE_BASE, p));
+    }
+    if (args->num_hidden < 0 || args->num_hidden > NEAT_MAX_HIDDEN || args->num_hidden % 2)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                              "%s: num_hidden must be even and in 0..%d; got %d", fn,
+                              NEAT_MAX_HIDDEN, (int)args->num_hidden);
+    if (args->num_hidden > 0 && !args->hidden)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                              "%s: hidden must not be NULL when num_hidden = %d", fn,
+                              (int)args->num_hidden);
+    for (int32_t i = 0; i < args->num_hidden; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "hidden[%d]", (int)i);
+        snprintf(desc, sizeof desc, "(%lld, %lld)", (long long)p->r, (long long)p->r);
+        NEAT_TRY(neat_check_view(fn, name, &args->hidden[i], 2, (const int64_t[]){p->r, p->r},
+                                 desc, 0, NEAT_ROLE_PARAM, p));
+    }
+    if ((int)args->activation < 0 || (int)args->activation > (int)NEAT_ACT_IDENTITY)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT, "%s: activation %d is not a neat_activation",
+                              fn, (int)args->activation);
+    if (!isfinite(args->scale))
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT, "%s: scale must be finite; got %g", fn,
+                              args->scale);
+    return NEAT_OK;
+}
+
+neat_status neat_validate_forward(const char *fn, const neat_tensor *y, const neat_args *args,
+                                  int with_base, neat_problem *p)
+{
+    NEAT_TRY(neat_check_args(fn, args, with_base, 1, p));
+    if (y) {
+        char desc[120];
+        snprintf(desc, sizeof desc, "(N, d_out) = (%lld, %lld)", (long long)p->N,
+                 (long long)p->d_out);
+        NEAT_TRY(neat_check_view(fn, "y", y, 2, (const int64_t[]){p->N, p->d_out}, desc, 1,
+                                 NEAT_ROLE_BASE, p));
+        neat_named ins[5 + NEAT_MAX_HIDDEN], out = {"y", y};
+        char names[NEAT_MAX_HIDDEN][24];
+        int n_in = neat_inputs(args, ins, names);
+        NEAT_TRY(neat_check_overlap(fn, &out, 1, ins, n_in));
+    }
+    return NEAT_OK;
+}
+
+neat_status neat_validate_backward(const char *fn, const neat_grads *grads, const neat_tensor *dy,
+                                   const neat_args *args, int with_base, neat_problem *p)
+{
+    char desc[120];
+    NEAT_TRY(neat_check_args(fn, args, with_base, 1, p));
+    if (!grads)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                              "%s: grads must not be NULL (set its members to NULL instead)", fn);
+    int64_t N = p->N, d_in = p->d_in, d_out = p->d_out, r = p->r;
+    snprintf(desc, sizeof desc, "(N, d_out) = (%lld, %lld)", (long long)N, (long long)d_out);
+    if (dy)
+        NEAT_TRY(neat_check_view(fn, "dy", dy, 2, (const int64_t[]){N, d_out}, desc, 0,
+                                 NEAT_ROLE_BASE, p));
+    snprintf(desc, sizeof desc, "(N, d_in) = (%lld, %lld) like x", (long long)N, (long long)d_in);
+    if (grads->dx)
+        NEAT_TRY(neat_check_view(fn, "dx", grads->dx, 2, (const int64_t[]){N, d_in}, desc, 1,
+                                 NEAT_ROLE_BASE, p));
+    snprintf(desc, sizeof desc, "(d_out, d_in) = (%lld, %lld) like weight", (long long)d_out,
+             (long long)d_in);
+    if (grads->dweight)
+        NEAT_TRY(neat_check_view(fn, "dweight", grads->dweight, 2,
+                                 (const int64_t[]){d_out, d_in}, desc, 1, NEAT_ROLE_BASE, p));
+    if (grads->dbias) {
+        if (!with_base)
+            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                                  "%s: dbias must be NULL for the adapter entry points", fn);
+        snprintf(desc, sizeof desc, "(d_out) = (%lld)", (long long)d_out);
+        NEAT_TRY(neat_check_view(fn, "dbias", grads->dbias, 1, (const int64_t[]){d_out}, desc, 1,
+                                 NEAT_ROLE_BASE, p));
+    }
+    snprintf(desc, sizeof desc, "(r, d_out) = (%lld, %lld) like A", (long long)r,
+             (long long)d_out);
+    if (grads->dA)
+        NEAT_TRY(neat_check_view(fn, "dA", grads->dA, 2, (const int64_t[]){r, d_out}, desc, 1,
+                                 NEAT_ROLE_PARAM, p));
+    snprintf(desc, sizeof desc, "(d_out, r) = (%lld, %lld) like B", (long long)d_out,
+             (long long)r);
+    if (grads->dB)
+        NEAT_TRY(neat_check_view(fn, "dB", grads->dB, 2, (const int64_t[]){d_out, r}, desc, 1,
+                                 NEAT_ROLE_PARAM, p));
+    if (grads->dhidden) {
+        for (int32_t i = 0; i < args->num_hidden; i++) {
+            if (!grads->dhidden[i].data)
+                continue; /* not requested */
+            char name[32];
+            snprintf(name, sizeof name, "dhidden[%d]", (int)i);
+            snprintf(desc, sizeof desc, "(%lld, %lld) like hidden[%d]", (long long)r,
+                     (long long)r, (int)i);
+            NEAT_TRY(neat_check_view(fn, name, &grads->dhidden[i], 2, (const int64_t[]){r, r},
+                                     desc, 1, NEAT_ROLE_PARAM, p));
+        }
+    }
+    neat_named ins[6 + NEAT_MAX_HIDDEN], outs[5 + NEAT_MAX_HIDDEN];
+    char names[NEAT_MAX_HIDDEN][24], dnames[NEAT_MAX_HIDDEN][24];
+    int n_in = neat_inputs(args, ins, names), n_out = 0;
+    if (dy)
+        ins[n_in].name = "dy", ins[n_in++].t = dy;
+    const neat_named gs[] = {{"dx", grads->dx}, {"dweight", grads->dweight},
+                             {"dbias", grads->dbias}, {"dA", grads->dA}, {"dB", grads->dB}};
+    for (int i = 0; i < 5; i++)
+        if (gs[i].t)
+            outs[n_out++] = gs[i];
+    for (int32_t i = 0; grads->dhidden && i < args->num_hidden; i++) {
+        if (!grads->dhidden[i].data)
+            continue;
+        snprintf(dnames[i], sizeof dnames[i], "dhidden[%d]", (int)i);
+        outs[n_out].name = dnames[i];
+        outs[n_out++].t = &grads->dhidden[i];
+    }
+    /* a workspace query (dy == NULL) has no buffers worth comparing yet */
+    if (dy)
+        NEAT_TRY(neat_check_overlap(fn, outs, n_out, ins, n_in));
+    return NEAT_OK;
+}
+
+neat_status neat_validate_compute_g(const char *fn, const neat_tensor *G, const neat_args *args,
+                                    neat_problem *p)
+{
+    NEAT_TRY(neat_check_args(fn, args, 1, 0, p));
+    if (G) {
+        char desc[120];
+        snprintf(desc, sizeof desc, "(r, d_in) = (%lld, %lld)", (long long)p->r,
+                 (long long)p->d_in);
+        NEAT_TRY(neat_check_view(fn, "G", G, 2, (const int64_t[]){p->r, p->d_in}, desc, 1,
+                                 p->device.type == NEAT_DEVICE_CPU ? NEAT_ROLE_PARAM
+                                                                   : NEAT_ROLE_EITHER,
+                                 p));
+        neat_named ins[5 + NEAT_MAX_HIDDEN], out = {"G", G};
+        char names[NEAT_MAX_HIDDEN][24];
+        int n_in = neat_inputs(args, ins, names);
+        NEAT_TRY(neat_check_overlap(fn, &out, 1, ins, n_in));
+    }
+    return NEAT_OK;
+}

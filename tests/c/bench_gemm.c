@@ -1,0 +1,88 @@
+/*
+ * bench_gemm.c - single-thread GFLOP/s of ops/gemm.c and the time of a NEAT layer's forward +
+ * backward; a tool, not a test (timings never gate tests). Usage: bench_gemm [M N K]
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "gemm.h"
+#include "layer.h"
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static void bench(neat_dtype dt, int64_t M, int64_t N, int64_t K)
+{
+    size_t es = dt == NEAT_FLOAT64 ? 8 : 4;
+    char *A = calloc((size_t)(M * K), es), *B = calloc((size_t)(K * N), es);
+    char *C = calloc((size_t)(M * N), es);
+    void *scratch = malloc(neat_gemm_scratch_bytes_mnk(dt, M, N, K, 1));
+    for (int64_t i = 0; i < M * K; i++) A[i * (int64_t)es] = (char)(i % 7);
+    double best = 1e30;
+    for (int rep = 0; rep < 5; rep++) {
+        double t = now();
+        neat_gemm(dt, M, N, K, 1.0, A, K, 1, B, N, 1, 0.0, C, N, 1, scratch, NULL);
+        t = now() - t;
+        best = t < best ? t : best;
+    }
+    printf("gemm %s M=%lld N=%lld K=%lld: %.1f GFLOP/s\n", dt == NEAT_FLOAT64 ? "f64" : "f32",
+           (long long)M, (long long)N, (long long)K, 2.0 * (double)(M * N * K) / best / 1e9);
+    free(A), free(B), free(C), free(scratch);
+}
+
+static void bench_layer(int64_t d, int64_t N, int64_t r)
+{
+    layer_spec s = {N, d, d, r, NEAT_ACT_RELU, 0, 1, NEAT_FLOAT32, 0, 0, 0, 1.0, 1};
+    layer l;
+    layer_init(&l, &s);
+    tbuf y = tb_make(NEAT_FLOAT32, N, d, 0, NULL, 0), dx = tb_make(NEAT_FLOAT32, N, d, 0, NULL, 0);
+    tbuf dA = tb_make(NEAT_FLOAT32, r, d, 0, NULL, 0), dB = tb_make(NEAT_FLOAT32, d, r, 0, NULL, 0);
+    neat_grads g = {&dx.t, NULL, NULL, &dA.t, &dB.t, NULL};
+    double best = 1e30;
+    for (int rep = 0; rep < 3; rep++) {
+        double t = now();
+        call_forward(1, &y.t, &l.args, NULL);
+        call_backward(1, &g, &l.tdy.t, &l.args, NULL);
+        t = now() - t;
+        best = t < best ? t : best;
+    }
+    /* the floor (DESIGN 5): the frozen layer's own two matmuls, x W^T and dy W */
+    void *scratch = malloc(neat_gemm_scratch_bytes_mnk(NEAT_FLOAT32, N, d, d, 1));
+    double floor = 1e30;
+    for (int rep = 0; rep < 3; rep++) {
+        double t = now();
+        neat_gemm(NEAT_FLOAT32, N, d, d, 1.0, l.tx.t.data, d, 1, l.tW.t.data, 1, d, 0.0,
+                  y.t.data, d, 1, scratch, NULL);
+        neat_gemm(NEAT_FLOAT32, N, d, d, 1.0, l.tdy.t.data, d, 1, l.tW.t.data, d, 1, 0.0,
+                  dx.t.data, d, 1, scratch, NULL);
+        t = now() - t;
+        floor = t < floor ? t : floor;
+    }
+    free(scratch);
+    printf("layer f32 d=%lld N=%lld r=%lld fwd+bwd (dx, dA, dB): %.1f ms = %.2f x its two main "
+           "matmuls (%.1f ms)\n",
+           (long long)d, (long long)N, (long long)r, best * 1e3, best / floor, floor * 1e3);
+    tb_free(&y), tb_free(&dx), tb_free(&dA), tb_free(&dB);
+    layer_free(&l);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 4) {
+        for (int d = 0; d < 2; d++)
+            bench(d ? NEAT_FLOAT64 : NEAT_FLOAT32, atoll(argv[1]), atoll(argv[2]), atoll(argv[3]));
+        return 0;
+    }
+    for (int d = 0; d < 2; d++) {
+        bench(d ? NEAT_FLOAT64 : NEAT_FLOAT32, 2048, 1024, 1024);
+        bench(d ? NEAT_FLOAT64 : NEAT_FLOAT32, 2048, 8, 1024);
+    }
+    bench_layer(1024, 2048, 8);
+    return 0;
+}
