@@ -38,6 +38,7 @@ static const neat_backend *neat_backend_for(const char *fn, const neat_problem *
     if (p->device.type == NEAT_DEVICE_CPU)
         return &neat_cpu_backend;
 #ifdef NEAT_WITH_CUDA
+    (void)fn; /* only the CPU-only build has an error to report here */
     return &neat_cuda_backend;
 #else
     neat_set_error(NEAT_ERR_UNSUPPORTED,

@@ -6,6 +6,7 @@ produce the reference gradients.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -57,14 +58,37 @@ def reference_linear(
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """Relative Frobenius error ||out - ref|| / ||ref|| in float64 (0 when both are empty/zero)."""
-    out = out.detach().double()
-    ref = ref.detach().double()
+    """Relative Frobenius error ||out - ref|| / ||ref|| in float64 on the CPU (absolute when ref is 0)."""
+    out = out.detach().to(torch.float64).cpu()
+    ref = ref.detach().to(torch.float64).cpu()
+    assert out.shape == ref.shape, f"shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
     denom = ref.norm().item()
     diff = (out - ref).norm().item()
     if denom == 0.0:
         return diff
     return diff / denom
+
+
+def describe_mismatch(name: str, out: torch.Tensor, ref: torch.Tensor, tol: float, count: int = 5) -> str:
+    """The error, the worst element and the first mismatches, for an assertion message."""
+    o = out.detach().to(torch.float64).cpu().reshape(-1)
+    r = ref.detach().to(torch.float64).cpu().reshape(-1)
+    diff = (o - r).abs()
+    lines = [f"{name}: relative Frobenius error {rel_err(out, ref):.3e} > {tol:.1e} (shape {tuple(ref.shape)})"]
+    if diff.numel():
+        worst = int(diff.argmax())
+        lines.append(f"  worst at flat index {worst}: got {o[worst].item():.6g}, want {r[worst].item():.6g}")
+        scale = r.abs().max().item() or 1.0
+        for i in (diff > tol * scale).nonzero().reshape(-1)[:count].tolist():
+            lines.append(f"  [{i}] got {o[i].item():.6g} want {r[i].item():.6g}")
+    if not math.isfinite(rel_err(out, ref)):
+        lines.append("  (non-finite values present)")
+    return "\n".join(lines)
+
+
+# Short names used by the GPU suite (tests/gpu), which shares this reference.
+compute_g = reference_g
+neat = reference_linear
 
 
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}

@@ -1,0 +1,45 @@
+// compute_g.cu - neat_cuda_compute_g: G = stack(act(A W)), (r, d_in), written in G's own dtype
+// and strides (the last stack kernel or a convert writes it, so any view works).
+#include "blas.cuh"
+#include "entry.cuh"
+#include "gstack.cuh"
+
+namespace neat_cuda {
+namespace {
+
+neat_status compute_g_plan(Ctx &ctx, neat_tensor *G, const neat_args *args)
+{
+    const Mat W = mat_of(args->weight), A = mat_of(args->A);
+    const int64_t d_in = W.cols, r = A.rows;
+    if (r == 0 || d_in == 0) return NEAT_OK;
+    const neat_dtype T = W.dt, acc = acc_dtype(T);
+    NEAT_CUDA_TRY(begin_call(ctx));
+    Mat Wg, Ag;
+    NEAT_CUDA_TRY(ready_input(ctx, W, T, &Wg));
+    NEAT_CUDA_TRY(ready_input(ctx, A, T, &Ag));
+    Mat Z0 = ctx.scratch(acc, r, d_in);
+    NEAT_CUDA_TRY(gemm(ctx, Z0, Ag, Wg, 1.0, 0.0));
+    // The size query has no G; its dtype and strides do not change the workspace.
+    Mat out = G ? mat_of(G) : mat_contig(nullptr, T, r, d_in);
+    Stack st;
+    return stack_forward(ctx, args, Z0, out, /*keep=*/false, &st);
+}
+
+} // namespace
+} // namespace neat_cuda
+
+using namespace neat_cuda;
+
+extern "C" neat_status neat_cuda_compute_g_workspace_size(const neat_args *args,
+                                                          const neat_exec *exec, size_t *bytes)
+{
+    return plan_size("neat_cuda_compute_g", args->weight->device.index, exec, bytes,
+                     [&](Ctx &ctx) { return compute_g_plan(ctx, nullptr, args); });
+}
+
+extern "C" neat_status neat_cuda_compute_g(neat_tensor *G, const neat_args *args, void *workspace,
+                                           size_t workspace_bytes, const neat_exec *exec)
+{
+    return plan_run("neat_cuda_compute_g", args->weight->device.index, exec, workspace,
+                    workspace_bytes, [&](Ctx &ctx) { return compute_g_plan(ctx, G, args); });
+}

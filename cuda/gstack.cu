@@ -1,0 +1,216 @@
+// gstack.cu - fused hidden-stack kernels (forward and backward) and their launchers.
+#include "gstack.cuh"
+
+#include <type_traits>
+
+#include "activation.cuh"
+#include "blas.cuh"
+#include "elementwise.cuh"
+
+namespace neat_cuda {
+
+// ---- kernels ----------------------------------------------------------------------------------
+// Element (i, j) of an (r, n) matrix is t = i * n + j: consecutive threads take consecutive
+// columns (coalesced), and a warp shares the row i of H it reads (a broadcast).
+
+// out[i, j] = act(Z[i, j]); out in any dtype and strides.
+template <typename Acc, typename TO>
+__global__ void act_forward_kernel(const Acc *Z, int64_t r, int64_t n, TO *out, int64_t ors,
+                                   int64_t ocs, neat_activation act)
+{
+    const int64_t total = r * n;
+    for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
+         t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t i = t / n, j = t - i * n;
+        store(out, i * ors + j * ocs, act_forward(act, Z[t]));
+    }
+}
+
+// Z = H Gprev;  G = act(Z) (+ res).  Z is stored only when Zout != nullptr.
+template <typename Acc, typename P>
+__global__ void layer_forward_kernel(const Acc *Gprev, const P *H, int64_t hrs, int64_t hcs,
+                                     const Acc *res, Acc *Zout, Acc *Gout, int64_t r, int64_t n,
+                                     neat_activation act)
+{
+    const int64_t total = r * n;
+    for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
+         t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t i = t / n, j = t - i * n;
+        Acc z = 0;
+        for (int64_t k = 0; k < r; ++k) z += load<Acc>(H, i * hrs + k * hcs) * Gprev[k * n + j];
+        if (Zout) Zout[t] = z;
+        Acc g = act_forward(act, z);
+        if (res) g += res[t];
+        Gout[t] = g;
+    }
+}
+
+// dZ = dG * act'(Z)
+template <typename Acc>
+__global__ void act_backward_kernel(const Acc *dG, const Acc *Z, Acc *dZ, int64_t total,
+                                    neat_activation act)
+{
+    for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
+         t += static_cast<int64_t>(gridDim.x) * blockDim.x)
+        dZ[t] = dG[t] * act_derivative(act, Z[t]);
+}
+
+// dGprev = H^T dZ (+ res);  dZprev = dGprev * act'(Zprev).  dGprev stored only when non-null.
+template <typename Acc, typename P>
+__global__ void layer_backward_kernel(const Acc *dZ, const P *H, int64_t hrs, int64_t hcs,
+                                      const Acc *res, const Acc *Zprev, Acc *dGprev, Acc *dZprev,
+                                      int64_t r, int64_t n, neat_activation act)
+{
+    const int64_t total = r * n;
+    for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
+         t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t i = t / n, j = t - i * n;
+        Acc g = res ? res[t] : Acc(0);
+        for (int64_t k = 0; k < r; ++k) g += load<Acc>(H, k * hrs + i * hcs) * dZ[k * n + j];
+        if (dGprev) dGprev[t] = g;
+        dZprev[t] = g * act_derivative(act, Zprev[t]);
+    }
+}
+
+// ---- launchers --------------------------------------------------------------------------------
+
+namespace {
+
+template <typename Acc>
+Acc *ptr(const Mat &m)
+{
+    return static_cast<Acc *>(m.p);
+}
+
+template <typename Acc>
+neat_status act_forward_launch(Ctx &ctx, Mat Z, Mat out, neat_activation act)
+{
+    return dispatch_dtype(out.dt, [&](auto tag_TO) {
+        using TO = typename decltype(tag_TO)::type;
+        act_forward_kernel<Acc, TO><<<grid_for(numel(Z)), kThreads, 0, ctx.stream>>>(
+            ptr<Acc>(Z), Z.rows, Z.cols, static_cast<TO *>(out.p), out.rs, out.cs, act);
+        NEAT_CUDA_LAUNCHED(ctx, "act_forward_kernel");
+        return NEAT_OK;
+    });
+}
+
+template <typename Acc>
+neat_status layer_forward_launch(Ctx &ctx, Mat Gprev, const neat_tensor &H, const Acc *res,
+                                 Acc *Zout, Mat Gout, neat_activation act)
+{
+    return dispatch_dtype(H.dtype, [&](auto tag_P) {
+        using P = typename decltype(tag_P)::type;
+        layer_forward_kernel<Acc, P><<<grid_for(numel(Gout)), kThreads, 0, ctx.stream>>>(
+            ptr<Acc>(Gprev), static_cast<const P *>(H.data), H.strides[0], H.strides[1], res, Zout,
+            ptr<Acc>(Gout), Gout.rows, Gout.cols, act);
+        NEAT_CUDA_LAUNCHED(ctx, "layer_forward_kernel");
+        return NEAT_OK;
+    });
+}
+
+template <typename Acc>
+neat_status act_backward_launch(Ctx &ctx, Mat dG, Mat Z, Mat dZ, neat_activation act)
+{
+    act_backward_kernel<Acc><<<grid_for(numel(dZ)), kThreads, 0, ctx.stream>>>(
+        ptr<Acc>(dG), ptr<Acc>(Z), ptr<Acc>(dZ), numel(dZ), act);
+    NEAT_CUDA_LAUNCHED(ctx, "act_backward_kernel");
+    return NEAT_OK;
+}
+
+template <typename Acc>
+neat_status layer_backward_launch(Ctx &ctx, Mat dZ, const neat_tensor &H, const Acc *res, Mat Zprev,
+                                  Acc *dGprev, Mat dZprev, neat_activation act)
+{
+    return dispatch_dtype(H.dtype, [&](auto tag_P) {
+        using P = typename decltype(tag_P)::type;
+        layer_backward_kernel<Acc, P><<<grid_for(numel(dZprev)), kThreads, 0, ctx.stream>>>(
+            ptr<Acc>(dZ), static_cast<const P *>(H.data), H.strides[0], H.strides[1], res,
+            ptr<Acc>(Zprev), dGprev, ptr<Acc>(dZprev), dZprev.rows, dZprev.cols, act);
+        NEAT_CUDA_LAUNCHED(ctx, "layer_backward_kernel");
+        return NEAT_OK;
+    });
+}
+
+template <typename Acc>
+neat_status stack_forward_t(Ctx &ctx, const neat_args *args, Mat Z0, Mat out, bool keep, Stack *st)
+{
+    const int nh = args->num_hidden, k = nh / 2;
+    const int64_t r = Z0.rows, n = Z0.cols;
+    const neat_dtype acc = Z0.dt;
+    st->num_hidden = nh;
+    st->Z[0] = Z0;
+    if (nh == 0) {
+        if (ctx.dry || numel(out) == 0) return NEAT_OK;
+        return act_forward_launch<Acc>(ctx, Z0, out, args->activation);
+    }
+    for (int l = 0; l <= nh; ++l) st->G[l] = ctx.scratch(acc, r, n);
+    for (int l = 1; l <= nh; ++l) st->Z[l] = keep ? ctx.scratch(acc, r, n) : Mat{};
+    if (ctx.dry || r * n == 0) return NEAT_OK;
+    NEAT_CUDA_TRY(act_forward_launch<Acc>(ctx, Z0, st->G[0], args->activation));
+    for (int l = 1; l <= nh; ++l) {
+        // decoder l = k + j adds the G pushed by encoder k + 1 - j, which is level 2k - l
+        const Acc *res = l > k ? ptr<Acc>(st->G[nh - l]) : nullptr;
+        NEAT_CUDA_TRY(layer_forward_launch<Acc>(ctx, st->G[l - 1], args->hidden[l - 1], res,
+                                                keep ? ptr<Acc>(st->Z[l]) : nullptr, st->G[l],
+                                                args->activation));
+    }
+    return launch_convert(ctx, out, st->G[nh]);
+}
+
+template <typename Acc>
+neat_status stack_backward_t(Ctx &ctx, const neat_args *args, const neat_grads *grads,
+                             const Stack &st, Mat dG, Mat dZ0)
+{
+    const int nh = st.num_hidden, k = nh / 2;
+    const int64_t r = dG.rows, n = dG.cols;
+    const neat_dtype acc = dG.dt;
+    if (nh == 0) {
+        if (ctx.dry || r * n == 0) return NEAT_OK;
+        return act_backward_launch<Acc>(ctx, dG, st.Z[0], dZ0, args->activation);
+    }
+    // dGs[l]: gradient of level l's output, kept for the levels a residual reads later
+    // (decoder outputs k+1 .. 2k-1; level 2k is dG itself). dZ ping-pongs between two buffers.
+    Mat dGs[NEAT_MAX_HIDDEN + 1];
+    dGs[nh] = dG;
+    for (int l = k + 1; l < nh; ++l) dGs[l] = ctx.scratch(acc, r, n);
+    Mat dZbuf[2] = {ctx.scratch(acc, r, n), ctx.scratch(acc, r, n)};
+    Mat dZcur = dZbuf[0];
+    if (!ctx.dry && r * n > 0)
+        NEAT_CUDA_TRY(act_backward_launch<Acc>(ctx, dG, st.Z[nh], dZcur, args->activation));
+    for (int L = nh; L >= 1; --L) {
+        const neat_tensor *dh = grads && grads->dhidden ? &grads->dhidden[L - 1] : nullptr;
+        if (dh && dh->data) { // dH_L = dZ_L G_{L-1}^T, reduced over d_in by cuBLAS (deterministic)
+            Output o;
+            NEAT_CUDA_TRY(begin_output(ctx, mat_of(dh), acc, &o));
+            NEAT_CUDA_TRY(gemm(ctx, o.work, dZcur, transposed(st.G[L - 1]), 1.0, 0.0));
+            NEAT_CUDA_TRY(finish_output(ctx, o));
+        }
+        // level m = L - 1 < k also receives decoder (2k - m)'s output gradient (the residual)
+        const int m = L - 1;
+        const Acc *res = m < k ? ptr<Acc>(dGs[nh - m]) : nullptr;
+        Acc *dGm = m > k ? ptr<Acc>(dGs[m]) : nullptr;
+        Mat dZnext = m == 0 ? dZ0 : dZbuf[(nh - m) & 1];
+        if (!ctx.dry && r * n > 0)
+            NEAT_CUDA_TRY(layer_backward_launch<Acc>(ctx, dZcur, args->hidden[L - 1], res, st.Z[m],
+                                                     dGm, dZnext, args->activation));
+        dZcur = dZnext;
+    }
+    return NEAT_OK;
+}
+
+} // namespace
+
+neat_status stack_forward(Ctx &ctx, const neat_args *args, Mat Z0, Mat out, bool keep, Stack *st)
+{
+    return Z0.dt == NEAT_FLOAT64 ? stack_forward_t<double>(ctx, args, Z0, out, keep, st)
+                                 : stack_forward_t<float>(ctx, args, Z0, out, keep, st);
+}
+
+neat_status stack_backward(Ctx &ctx, const neat_args *args, const neat_grads *grads, const Stack &st,
+                           Mat dG, Mat dZ0)
+{
+    return dG.dt == NEAT_FLOAT64 ? stack_backward_t<double>(ctx, args, grads, st, dG, dZ0)
+                                 : stack_backward_t<float>(ctx, args, grads, st, dG, dZ0);
+}
+
+} // namespace neat_cuda

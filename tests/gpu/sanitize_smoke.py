@@ -1,0 +1,35 @@
+"""A short run of every op for compute-sanitizer (memcheck, racecheck): small shapes, every dtype
+path, hidden layers, bias, N = 0, non-contiguous inputs and outputs. Prints OK at the end."""
+
+import torch
+
+import torch_neat
+
+dev = "cuda"
+torch.manual_seed(0)
+
+
+def case(dt, pdt, n, depth, bias, transpose):
+    x = torch.randn(n, 37, device=dev, dtype=dt)
+    W = torch.randn(53, 37, device=dev, dtype=dt) / 6
+    if transpose:
+        x = x.t().contiguous().t()
+        W = W.t().contiguous().t()
+    b = torch.randn(53, device=dev, dtype=dt) if bias else None
+    A = torch.randn(3, 53, device=dev, dtype=pdt) / 7
+    B = torch.randn(53, 3, device=dev, dtype=pdt) / 2
+    H = [torch.randn(3, 3, device=dev, dtype=pdt) / 2 for _ in range(depth - 2)]
+    leaves = [t.requires_grad_() for t in (x, W, b, A, B, *H) if t is not None]
+    y = torch_neat.linear(x, W, b, A, B, H, "gelu", 0.5)
+    y.sum().backward()
+    a = torch_neat.adapter(x, W, A, B, H, "silu", 0.5)
+    a.backward(torch.ones_like(a))
+    torch_neat.compute_g(W.detach(), A.detach(), [h.detach() for h in H], "tanh")
+    return leaves
+
+
+for dt, pdt in [(torch.float32, torch.float32), (torch.float64, torch.float64), (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32)]:
+    for n, depth, bias, tr in [(5, 2, True, False), (7, 6, False, True), (0, 4, True, False), (1, 10, True, True)]:
+        case(dt, pdt, n, depth, bias, tr)
+torch.cuda.synchronize()
+print("sanitize_smoke: OK")

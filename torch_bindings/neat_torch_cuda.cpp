@@ -1,0 +1,94 @@
+// neat_torch_cuda.cpp - registers torch.ops.neat.* for CUDA through LibTorch's stable ABI.
+//
+// Mirrors neat_torch.cpp: the schemas are defined there (loaded first by torch_neat._load); this
+// file only adds the CUDA kernels. Each call runs under a device guard on the input's device and
+// on PyTorch's current stream of that device, so the C library launches exactly where PyTorch
+// would (CUDA graphs, side streams, torch.compile's reduce-overhead mode). Outputs and workspace
+// come from torch, hence from PyTorch's caching allocator; nothing here synchronises.
+#include "neat_torch_common.h"
+
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>
+#include <torch/csrc/stable/accelerator.h>
+#include <torch/csrc/stable/library.h>
+
+namespace {
+
+using neat_torch::Tensor;
+
+// The CUDA execution context: the current stream of the tensors' device.
+neat_exec cuda_exec(const Tensor &t) {
+  void *stream = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(
+      aoti_torch_get_current_cuda_stream(static_cast<int32_t>(t.get_device_index()), &stream));
+  neat_exec exec{};
+  exec.stream = stream;
+  return exec;
+}
+
+// The C ABI's backward size query cannot see grad_out's strides, and the CUDA backend reads it
+// through cuBLAS, so a grad_out without unit stride (an expanded ones from .sum(), say) is made
+// contiguous here, by torch, instead of failing for lack of workspace.
+Tensor dense_grad(const Tensor &g) {
+  return g.is_contiguous() ? g : torch::stable::contiguous(g);
+}
+
+using Guard = torch::stable::accelerator::DeviceGuard;
+
+Tensor linear_cuda(Tensor input, Tensor weight, std::optional<Tensor> bias, Tensor A, Tensor B,
+                   std::optional<std::vector<Tensor>> hidden, std::string activation,
+                   double scale) {
+  Guard guard(input.get_device_index());
+  neat_exec exec = cuda_exec(input);
+  return neat_torch::forward("neat::linear", input, weight, bias, A, B,
+                             hidden.value_or(neat_torch::TensorList{}), activation, scale,
+                             /*with_base=*/true, exec);
+}
+
+Tensor adapter_cuda(Tensor input, Tensor weight, Tensor A, Tensor B,
+                    std::optional<std::vector<Tensor>> hidden, std::string activation,
+                    double scale) {
+  Guard guard(input.get_device_index());
+  neat_exec exec = cuda_exec(input);
+  return neat_torch::forward("neat::adapter", input, weight, std::nullopt, A, B,
+                             hidden.value_or(neat_torch::TensorList{}), activation,
+                             scale, /*with_base=*/false, exec);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> linear_backward_cuda(
+    Tensor grad_out, Tensor input, Tensor weight, std::optional<Tensor> bias, Tensor A, Tensor B,
+    std::vector<Tensor> hidden, std::string activation, double scale,
+    std::vector<bool> output_mask) {
+  Guard guard(input.get_device_index());
+  neat_exec exec = cuda_exec(input);
+  return neat_torch::backward("neat::linear_backward", dense_grad(grad_out), input, weight, bias, A,
+                              B, hidden, activation, scale, output_mask, /*with_base=*/true, exec);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> adapter_backward_cuda(
+    Tensor grad_out, Tensor input, Tensor weight, Tensor A, Tensor B, std::vector<Tensor> hidden,
+    std::string activation, double scale, std::vector<bool> output_mask) {
+  Guard guard(input.get_device_index());
+  neat_exec exec = cuda_exec(input);
+  auto r = neat_torch::backward("neat::adapter_backward", dense_grad(grad_out), input, weight,
+                                std::nullopt, A, B, hidden, activation, scale, output_mask,
+                                /*with_base=*/false, exec);
+  return {std::get<0>(r), std::get<1>(r), std::get<3>(r), std::get<4>(r), std::get<5>(r)};
+}
+
+Tensor compute_g_cuda(Tensor weight, Tensor A, std::optional<std::vector<Tensor>> hidden,
+                      std::string activation) {
+  Guard guard(weight.get_device_index());
+  neat_exec exec = cuda_exec(weight);
+  return neat_torch::compute_g("neat::compute_g", weight, A,
+                               hidden.value_or(neat_torch::TensorList{}), activation, exec);
+}
+
+}  // namespace
+
+STABLE_TORCH_LIBRARY_IMPL(neat, CUDA, m) {
+  m.impl("linear", TORCH_BOX(&linear_cuda));
+  m.impl("adapter", TORCH_BOX(&adapter_cuda));
+  m.impl("linear_backward", TORCH_BOX(&linear_backward_cuda));
+  m.impl("adapter_backward", TORCH_BOX(&adapter_backward_cuda));
+  m.impl("compute_g", TORCH_BOX(&compute_g_cuda));
+}
