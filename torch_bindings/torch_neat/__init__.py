@@ -12,6 +12,25 @@ HAS_CUDA: bool = _load.load()
 
 from ._activations import KERNEL_ACTIVATIONS, canonical_activation  # noqa: E402
 from .ops import adapter, compute_g, linear  # noqa: E402
+from .config import NeatConfig  # noqa: E402
+from .layer import NeatLinear  # noqa: E402
+from .model import (  # noqa: E402
+    DEFAULT_TARGET_MODULES,
+    adapter_state_dict,
+    adapters_disabled,
+    count_trainable_parameters,
+    disable_adapters,
+    enable_adapters,
+    get_neat_model,
+    load_adapter,
+    merge_adapters,
+    merge_and_unload,
+    neat_layers,
+    print_trainable_parameters,
+    save_adapter,
+    unload,
+    unmerge_adapters,
+)
 
 __version__ = "0.1.0"
 
@@ -22,4 +41,31 @@ __all__ = [
     "canonical_activation",
     "compute_g",
     "linear",
+    # models (config.py, layer.py, model.py); torch_neat.peft is imported on first use (needs peft)
+    "DEFAULT_TARGET_MODULES",
+    "NeatConfig",
+    "NeatLinear",
+    "adapter_state_dict",
+    "adapters_disabled",
+    "count_trainable_parameters",
+    "disable_adapters",
+    "enable_adapters",
+    "get_neat_model",
+    "load_adapter",
+    "merge_adapters",
+    "merge_and_unload",
+    "neat_layers",
+    "print_trainable_parameters",
+    "save_adapter",
+    "unload",
+    "unmerge_adapters",
 ]
+
+
+def __getattr__(name: str):
+    # ``torch_neat.peft`` without importing PEFT (and transformers) for users who do not need it
+    if name == "peft":
+        import importlib
+
+        return importlib.import_module(".peft", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,100 @@
+"""The main job (examples/finetune.py): a tiny smoke run of its functions on a small BERT from a config,
+the real offline data split, and a few real steps on the shipped all-MiniLM-L6-v2 weights and VADER data.
+tests/run.sh installs the model and data packages, so nothing here is optional.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import torch_neat
+
+
+FINETUNE = Path(__file__).resolve().parents[2] / "examples" / "finetune.py"
+
+
+@pytest.fixture(scope="module")
+def ft():
+    spec = importlib.util.spec_from_file_location("neat_finetune_example", FINETUNE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def tiny_encoder():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+                     max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return BertModel(cfg)
+
+
+def tiny_data(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 50, (n, 6), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": (ids[:, 1] < 27).long()}
+
+
+def test_smoke_run_all_methods(ft, tmp_path):
+    args = ft.parse_args(["--max-steps", "3", "--batch-size", "8", "--rank", "2", "--depth", "4", "--device", "cpu",
+                          "--output-dir", str(tmp_path / "adapter")])
+    train, test = tiny_data(40, 1), tiny_data(16, 2)
+    rows = [ft.train_and_evaluate(m, tiny_encoder, train, test, args, progress=False) for m in ("neat", "lora", "head")]
+    by = {r["method"]: r for r in rows}
+    hidden, n_layers, r = 16, 2, 2
+    head = hidden * 2 + 2
+    assert by["head"]["trainable"] == head
+    assert by["lora"]["trainable"] == head + n_layers * 2 * r * (hidden + hidden)
+    assert by["neat"]["trainable"] == by["lora"]["trainable"] + n_layers * 2 * 2 * r * r  # + hidden layers
+    for row in rows:
+        assert row["steps"] == 3 and row["train_s"] > 0 and 0.0 <= row["accuracy"] <= 1.0
+        assert row["peak_mb"] > 0
+    table = ft.format_table(rows, "cpu")
+    assert len(table.splitlines()) == 2 + 3
+    assert "NEAT (torch-neat)" in table and "LoRA (PEFT)" in table and "head only" in table
+
+    fresh = ft.MeanPoolClassifier(tiny_encoder())
+    torch_neat.load_adapter(fresh, tmp_path / "adapter")
+    assert fresh.neat_config.r == 2 and fresh.neat_config.depth == 4
+    assert len(list(torch_neat.neat_layers(fresh))) == n_layers * 2
+    with torch.no_grad():
+        out = fresh(**test)
+    assert out.logits.shape == (16, 2) and torch.isfinite(out.loss)
+
+
+def test_unknown_method_is_rejected(ft):
+    with pytest.raises(SystemExit, match="unknown"):
+        ft.main(["--methods", "neat,bogus"])
+
+
+def test_vader_split_is_real_and_stem_disjoint(ft):
+    train, test = ft.load_vader_polarity(seed=0)
+    n = len(train.texts) + len(test.texts)
+    assert n > 7000, n  # the lexicon's entries with a non-zero mean rating
+    assert 0.15 < len(test.texts) / n < 0.25
+    assert set(train.labels) == set(test.labels) == {0, 1}
+    assert not {ft.stem_group(t) for t in train.texts} & {ft.stem_group(t) for t in test.texts}
+    lexicon = dict(zip(train.texts + test.texts, train.labels + test.labels))
+    assert lexicon["good"] == 1 and lexicon["terrible"] == 0 and lexicon[":)"] == 1
+
+
+def test_real_model_and_data_few_steps(ft, tmp_path):
+    """The README's main job end to end on the real shipped weights and data, cut to a few steps."""
+    out = tmp_path / "adapter"
+    rows = ft.main(["--methods", "neat,lora", "--max-steps", "4", "--batch-size", "16", "--no-isolate",
+                    "--device", "cpu", "--output-dir", str(out)])
+    by = {r["method"]: r for r in rows}
+    assert set(by) == {"neat", "lora"}
+    # Same rank and targets: NEAT's A is (r, d_out) where LoRA's A is (r, d_in); MiniLM's targets are square.
+    assert by["neat"]["trainable"] == by["lora"]["trainable"]
+    for row in rows:
+        assert row["steps"] == 4 and 0.0 <= row["accuracy"] <= 1.0
+    assert (out / "adapter_model.safetensors").is_file() and (out / "neat_config.json").is_file()

@@ -1,0 +1,329 @@
+"""``NeatLinear``: a frozen ``nn.Linear`` plus a NEAT adapter, running on ``torch.ops.neat`` (DESIGN.md 1, 3.2).
+
+Also holds the exact merge helpers shared with :mod:`torch_neat.peft`: merging adds ``s * B @ G`` into W
+in row blocks and records only the few elements where subtracting the same delta again would not give
+back W's exact bits, so unmerge restores W bit for bit without a second copy of W.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops as _ops
+from ._activations import canonical_activation
+from .config import validate_core
+
+__all__ = ["NeatLinear"]
+
+Tensor = torch.Tensor
+
+_HALF = (torch.float16, torch.bfloat16)
+_INT_VIEW = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}
+# Elements of the (rows, r, d_in) product formed per block while merging.
+_MERGE_BLOCK_ELEMENTS = 1 << 24
+
+
+# ---------------------------------------------------------------------------------------------
+# dtype handling shared with torch_neat.peft
+
+
+def kernel_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels compute in for ``dtype`` on ``device``: half types run on CUDA only."""
+    if dtype in (torch.float32, torch.float64):
+        return dtype
+    if dtype in _HALF and device.type == "cuda":
+        return dtype
+    return torch.float32
+
+
+def op_operands(x: Tensor, weight: Tensor, bias: Optional[Tensor], adapter_dtype: torch.dtype):
+    """Casts ``x``, ``weight`` and ``bias`` to what the op accepts with adapters of ``adapter_dtype``.
+
+    Returns ``(x, weight, bias, compute_dtype)``; the caller casts the op's output back to ``x.dtype``.
+    Same dtype everywhere, or float32 adapters on half x and W on CUDA (DESIGN 4), pass untouched.
+    Anything else computes in the adapter's dtype, as PEFT does.
+    """
+    ct = kernel_dtype(x.device, adapter_dtype)
+    mixed_ok = x.device.type == "cuda" and ct == torch.float32 and x.dtype in _HALF and weight.dtype == x.dtype
+    if mixed_ok or (x.dtype == ct and weight.dtype == ct):
+        return x, weight, bias, ct
+    return x.to(ct), weight.to(ct), (bias.to(ct) if bias is not None else None), ct
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact merge / unmerge
+
+
+def _bits(t: Tensor) -> Tensor:
+    return t.view(_INT_VIEW[t.element_size()])
+
+
+@dataclass
+class MergeRecord:
+    """What unmerge needs: the factors of the delta and the elements the subtraction would get wrong."""
+
+    B: Tensor  # (d_out, R) scale folded in
+    G: Tensor  # (R, d_in)
+    index: Tensor  # (k,) flat row-major indices into W, int32 when they fit
+    values: Tensor  # (k,) original W values there
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.B, self.G, self.index, self.values))
+
+
+def _delta_rows(B: Tensor, G: Tensor, r0: int, r1: int, dtype: torch.dtype) -> Tensor:
+    # Deterministic for given shapes (an elementwise product and a fixed-order reduction, no BLAS
+    # kernel choice involved), so unmerge recomputes exactly the delta merge added.
+    return (B[r0:r1, :, None] * G[None, :, :]).sum(dim=1).to(dtype)
+
+
+def _block_rows(d_in: int, R: int) -> int:
+    return max(1, _MERGE_BLOCK_ELEMENTS // max(1, d_in * R))
+
+
+@torch.no_grad()
+def merge_factors(weight: Tensor, B: Tensor, G: Tensor, *, exact: bool = True, safe: bool = False) -> Optional[MergeRecord]:
+    """Adds ``B @ G`` (B: (d_out, R) with the scale folded in, G: (R, d_in)) into ``weight`` in place.
+
+    With ``exact`` returns the :class:`MergeRecord` that :func:`unmerge_factors` needs to restore the
+    weight bit for bit. With ``safe`` checks every merged value is finite before writing anything.
+    """
+    d_out, d_in = weight.shape
+    step = _block_rows(d_in, B.shape[1])
+    if safe:
+        for r0 in range(0, d_out, step):
+            r1 = min(d_out, r0 + step)
+            if not torch.isfinite(weight[r0:r1] + _delta_rows(B, G, r0, r1, weight.dtype)).all():
+                raise ValueError("merge: the merged weight would contain inf or NaN; the adapter seems broken")
+    index_dtype = torch.int32 if d_out * d_in < 2**31 else torch.int64
+    index, vals = [], []
+    for r0 in range(0, d_out, step):
+        r1 = min(d_out, r0 + step)
+        block = weight[r0:r1]
+        delta = _delta_rows(B, G, r0, r1, weight.dtype)
+        new = block + delta
+        if exact:
+            bad = (_bits(new - delta) != _bits(block)).nonzero()
+            if bad.numel():
+                index.append(((bad[:, 0] + r0) * d_in + bad[:, 1]).to(index_dtype))
+                vals.append(block[bad[:, 0], bad[:, 1]].clone())
+        block.copy_(new)
+    if not exact:
+        return None
+    return MergeRecord(
+        B=B,
+        G=G,
+        index=torch.cat(index) if index else torch.empty(0, dtype=index_dtype, device=weight.device),
+        values=torch.cat(vals) if vals else weight.new_empty(0),
+    )
+
+
+@torch.no_grad()
+def unmerge_factors(weight: Tensor, rec: MergeRecord) -> None:
+    """Undoes :func:`merge_factors` exactly."""
+    d_out, d_in = weight.shape
+    step = _block_rows(d_in, rec.B.shape[1])
+    for r0 in range(0, d_out, step):
+        r1 = min(d_out, r0 + step)
+        weight[r0:r1].sub_(_delta_rows(rec.B, rec.G, r0, r1, weight.dtype))
+    if rec.index.numel():
+        index = rec.index.long()
+        weight[index // d_in, index % d_in] = rec.values
+
+
+def compute_g(weight: Tensor, A: Tensor, hidden: Sequence[Tensor], activation: str) -> Tensor:
+    """G (r, d_in) from the kernels, in the adapter's compute dtype, never part of an autograd graph."""
+    ct = kernel_dtype(A.device, A.dtype)
+    with torch.no_grad():
+        if torch.is_inference_mode_enabled():
+            # a G made here may later meet tensors that need grad; make it a normal tensor
+            with torch.inference_mode(False):
+                return compute_g(weight, A, hidden, activation)
+        return _ops.compute_g(weight.to(ct), A.to(ct), [h.to(ct) for h in hidden], activation)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class NeatLinear(nn.Module):
+    """A frozen ``nn.Linear`` adapted by NEAT: ``y = x W^T + b + scale * (x G^T) B^T`` (DESIGN.md 1).
+
+    Args:
+        base_layer: the ``nn.Linear`` to adapt; it is kept (not copied) as ``self.base_layer`` and frozen.
+        r: rank.
+        depth: paper's depth, even and >= 2 (``depth - 2`` hidden ``(r, r)`` layers).
+        activation: see :func:`torch_neat.canonical_activation`.
+        scale: the scalar ``s``.
+        adapter_dtype: dtype of A, hidden and B; defaults to the base weight's (use float32 adapters on a
+            half model for mixed precision).
+
+    Parameters are ``neat_A`` (r, d_out), ``neat_hidden.{i}`` (r, r) and ``neat_B`` (d_out, r), initialised
+    as the authors do: A and hidden layers Kaiming-uniform like ``nn.Linear``, B zero, so a fresh layer
+    computes exactly what the base layer does.
+
+    Training runs the fused ``torch.ops.neat.linear``. In eval mode, when no adapter gradient is needed,
+    G is computed once and reused until W, A or a hidden layer changes (tracked through the tensors'
+    version counters), so inference costs two thin matmuls over the base layer.
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        r: int = 8,
+        depth: int = 2,
+        activation: str = "relu",
+        scale: float = 1.0,
+        *,
+        adapter_dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"NeatLinear: base_layer must be an nn.Linear; got {type(base_layer).__name__}")
+        validate_core("NeatLinear", r, depth, activation, scale)
+        self.base_layer = base_layer
+        base_layer.requires_grad_(False)
+        weight = base_layer.weight
+        d_out, d_in = weight.shape
+        factory = {"device": weight.device, "dtype": adapter_dtype or weight.dtype}
+        self.in_features, self.out_features = d_in, d_out
+        self.r, self.depth, self.scale = r, depth, float(scale)
+        self.activation = activation
+        self._act = canonical_activation(activation)
+        self.neat_A = nn.Parameter(torch.empty(r, d_out, **factory))
+        self.neat_hidden = nn.ParameterList([nn.Parameter(torch.empty(r, r, **factory)) for _ in range(depth - 2)])
+        self.neat_B = nn.Parameter(torch.empty(d_out, r, **factory))
+        self.merged = False
+        self.disabled = False
+        self._merge_record: Optional[MergeRecord] = None
+        self._g_cache: Optional[Tensor] = None
+        self._g_key: Optional[tuple] = None
+        self.reset_parameters()
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, r: int = 8, depth: int = 2, activation: str = "relu",
+                    scale: float = 1.0, **kwargs) -> "NeatLinear":
+        """Same as the constructor; reads better at call sites that patch existing layers."""
+        return cls(linear, r=r, depth=depth, activation=activation, scale=scale, **kwargs)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """A and hidden layers as ``nn.Linear`` initialises its weight; B zero."""
+        nn.init.kaiming_uniform_(self.neat_A, a=math.sqrt(5))
+        for h in self.neat_hidden:
+            nn.init.kaiming_uniform_(h, a=math.sqrt(5))
+        nn.init.zeros_(self.neat_B)
+
+    @property
+    def weight(self) -> Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> Optional[Tensor]:
+        return self.base_layer.bias
+
+    @property
+    def hidden(self) -> list[Tensor]:
+        return list(self.neat_hidden)
+
+    def extra_repr(self) -> str:
+        state = "merged" if self.merged else ("disabled" if self.disabled else "active")
+        return f"r={self.r}, depth={self.depth}, activation={self.activation!r}, scale={self.scale}, {state}"
+
+    # -- forward ----------------------------------------------------------------------------
+
+    def _adapter_params(self) -> list[Tensor]:
+        return [self.neat_A, *self.neat_hidden]
+
+    def _use_cached_g(self) -> bool:
+        if self.training or torch.compiler.is_compiling():
+            return False
+        if not torch.is_grad_enabled():
+            return True
+        return not (self.base_layer.weight.requires_grad or any(p.requires_grad for p in self._adapter_params()))
+
+    def _g_version(self) -> tuple:
+        w = self.base_layer.weight
+        return (w.device, w.dtype, self.neat_A.dtype, self._act) + tuple(
+            (t.data_ptr(), t._version) for t in (w, *self._adapter_params())
+        )
+
+    def cached_g(self) -> Tensor:
+        """G for the current W, A and hidden layers, recomputed only when one of them changed."""
+        key = self._g_version()
+        if self._g_cache is None or self._g_key != key:
+            self._g_cache = compute_g(self.base_layer.weight, self.neat_A, self.hidden, self._act)
+            self._g_key = key
+        return self._g_cache
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.disabled or self.merged:
+            return self.base_layer(x)
+        weight, bias = self.base_layer.weight, self.base_layer.bias
+        if self._use_cached_g():
+            G = self.cached_g()
+            y = F.linear(x, weight, bias)
+            u = F.linear(x.to(G.dtype), G)
+            return y + F.linear(u, self.neat_B.to(G.dtype)).mul_(self.scale).to(y.dtype)
+        xc, wc, bc, ct = op_operands(x, weight, bias, self.neat_A.dtype)
+        A, B, hidden = self.neat_A, self.neat_B, self.hidden
+        if A.dtype != ct:
+            A, B, hidden = A.to(ct), B.to(ct), [h.to(ct) for h in hidden]
+        out = _ops.linear(xc, wc, bc, A, B, hidden, self._act, self.scale)
+        return out.to(x.dtype)
+
+    # -- merge ------------------------------------------------------------------------------
+
+    def get_delta_weight(self) -> Tensor:
+        """The full ``(d_out, d_in)`` update ``scale * B @ G`` (formed only on request)."""
+        G = compute_g(self.base_layer.weight, self.neat_A, self.hidden, self._act)
+        with torch.no_grad():
+            return (self.scale * (self.neat_B.to(G.dtype) @ G)).to(self.base_layer.weight.dtype)
+
+    @torch.no_grad()
+    def merge(self, safe_merge: bool = False, *, exact: bool = True) -> None:
+        """Adds ``scale * B @ G`` into the base weight; forward then runs the base layer alone.
+
+        ``unmerge`` restores the original weight bit for bit. Memory kept meanwhile: B and G
+        (``r * (d_out + d_in)`` values) plus the few elements whose round trip is inexact. With
+        ``exact=False`` nothing is kept and the layer cannot be unmerged (used by merge-and-unload).
+        ``safe_merge`` checks the merged weight is finite before writing it.
+        """
+        if self.merged:
+            warnings.warn("NeatLinear.merge: already merged; nothing to do", stacklevel=2)
+            return
+        weight = self.base_layer.weight
+        G = compute_g(weight, self.neat_A, self.hidden, self._act)
+        B = self.neat_B.detach().to(G.dtype) * self.scale
+        self._merge_record = merge_factors(weight, B, G, exact=exact, safe=safe_merge)
+        self.merged = True
+        self._g_cache = None
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restores the weight ``merge`` changed, bit for bit."""
+        if not self.merged:
+            warnings.warn("NeatLinear.unmerge: not merged; nothing to do", stacklevel=2)
+            return
+        if self._merge_record is None:
+            raise RuntimeError("NeatLinear.unmerge: this layer was merged with exact=False and cannot be unmerged")
+        unmerge_factors(self.base_layer.weight, self._merge_record)
+        self._merge_record = None
+        self.merged = False
+
+    # -- enable / disable -------------------------------------------------------------------
+
+    def enable_adapter(self) -> None:
+        self.disabled = False
+
+    def disable_adapter(self) -> None:
+        """Forward runs the base layer alone (unmerging first if merged)."""
+        if self.merged:
+            self.unmerge()
+        self.disabled = True

@@ -1,0 +1,284 @@
+"""Run PEFT's PEANuT layers (``peft.PeanutConfig``, PEFT >= 0.19) on torch-neat's fused ops.
+
+PEFT's PEANuT layer forms the full ``d_out x d_in`` update matrix in every forward. This module
+replaces the layer's ``forward``, ``merge``, ``unmerge`` and ``get_delta_weight`` with versions on
+``torch.ops.neat`` that use the same parameters (``peanut_A``, ``peanut_encoders``,
+``peanut_decoders``, ``peanut_B``, ``scaling``, ``act_fn``) and so the same state-dict names:
+``save_pretrained``, ``PeftModel.from_pretrained``, ``merge_and_unload`` and multiple adapters keep
+working. An adapter whose ``act_fn`` has no torch-neat kernel runs PEFT's own code, with one warning.
+
+Two ways in::
+
+    model = torch_neat.peft.accelerate(get_peft_model(base, PeanutConfig(...)))   # this model only
+    torch_neat.peft.install()                                                      # every PEANuT layer
+
+PEFT's ``depth`` counts encoder layers: ``PeanutConfig(depth=d)`` is paper depth ``2 * d + 2``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+try:
+    from peft.tuners.peanut.layer import Linear as PeanutLinear
+    from peft.tuners.tuners_utils import check_adapters_to_merge
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "torch_neat.peft needs PEFT with PEANuT support (peft >= 0.19): pip install 'peft>=0.19'"
+    ) from e
+
+from . import ops as _ops
+from .layer import compute_g, kernel_dtype, merge_factors, op_operands, unmerge_factors
+
+__all__ = ["accelerate", "install", "uninstall", "is_installed", "NeatPeanutLinear", "SUPPORTED_ACTIVATIONS"]
+
+Tensor = torch.Tensor
+
+# transformers ACT2FN name (what PEFT stores in act_fn) -> torch-neat kernel activation
+SUPPORTED_ACTIVATIONS: dict[str, str] = {
+    "relu": "relu",
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "silu": "silu",
+    "swish": "silu",
+    "tanh": "tanh",
+    "linear": "identity",
+}
+
+_PATCHED_NAMES = ("forward", "merge", "unmerge", "get_delta_weight")
+_ORIGINAL = {name: PeanutLinear.__dict__[name] for name in _PATCHED_NAMES}
+_WARNED: set[str] = set()
+
+
+def _warn_fallback(act_fn: str, stacklevel: int = 3) -> None:
+    if act_fn in _WARNED:
+        return
+    _WARNED.add(act_fn)
+    warnings.warn(
+        f"torch_neat.peft: PEANuT act_fn {act_fn!r} has no torch-neat kernel; adapters using it run PEFT's own "
+        f"code (which forms the full update matrix). Accelerated: {', '.join(sorted(SUPPORTED_ACTIVATIONS))}",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def _kernel_act(layer: PeanutLinear, adapter: str) -> Optional[str]:
+    return SUPPORTED_ACTIVATIONS.get(layer.act_fn[adapter])
+
+
+def _factors(layer: PeanutLinear, adapter: str) -> tuple[Tensor, Tensor, list[Tensor]]:
+    A = layer.peanut_A[adapter].weight
+    B = layer.peanut_B[adapter].weight
+    hidden = [m.weight for m in layer.peanut_encoders[adapter]] + [m.weight for m in layer.peanut_decoders[adapter]]
+    return A, B, hidden
+
+
+def _cast_params(A: Tensor, B: Tensor, hidden: list[Tensor], dtype: torch.dtype):
+    if A.dtype == dtype:
+        return A, B, hidden
+    return A.to(dtype), B.to(dtype), [h.to(dtype) for h in hidden]
+
+
+def _plain_linear(base: nn.Module) -> bool:
+    # The fused op replaces base(x) only when base is a hook-free nn.Linear.
+    return (
+        type(base) is nn.Linear
+        and not base._forward_hooks
+        and not base._forward_pre_hooks
+        and not hasattr(base, "_hf_hook")
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Replacement methods (self is a PEFT PEANuT Linear)
+
+
+def _neat_forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    if self.disable_adapters:
+        if self.merged:
+            self.unmerge()
+        return self.base_layer(x, *args, **kwargs)
+    if self.merged:
+        return self.base_layer(x, *args, **kwargs)
+
+    adapters = [a for a in self.active_adapters if a in self.peanut_A]
+    base = self.get_base_layer()
+    weight = base.weight
+
+    if len(adapters) == 1 and not args and not kwargs and self.base_layer is base and _plain_linear(base):
+        act = _kernel_act(self, adapters[0])
+        if act is not None:
+            A, B, hidden = _factors(self, adapters[0])
+            ct = kernel_dtype(x.device, A.dtype)
+            if x.dtype == weight.dtype == ct == A.dtype:
+                return _ops.linear(x, weight, base.bias, A, B, hidden, act, self.scaling[adapters[0]])
+
+    result = self.base_layer(x, *args, **kwargs)
+    for adapter in adapters:
+        act = _kernel_act(self, adapter)
+        if act is None:
+            _warn_fallback(self.act_fn[adapter])
+            delta_weight = self._compute_delta_weight(adapter, weight)  # PEFT's own path
+            x_cast = self._cast_input_dtype(x, delta_weight.dtype)
+            result = result + torch.matmul(x_cast, delta_weight.transpose(0, 1)).to(result.dtype)
+            continue
+        A, B, hidden = _factors(self, adapter)
+        xc, wc, _, ct = op_operands(x, weight, None, A.dtype)
+        A, B, hidden = _cast_params(A, B, hidden, ct)
+        delta = _ops.adapter(xc, wc, A, B, hidden, act, self.scaling[adapter])
+        result = result + delta.to(result.dtype)
+    return result
+
+
+def _neat_g_and_b(self, adapter: str, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """G (r, d_in) and scaling * B (d_out, r) of one adapter, from ``weight``; no autograd."""
+    A, B, hidden = _factors(self, adapter)
+    G = compute_g(weight, A, hidden, _kernel_act(self, adapter))
+    with torch.no_grad():
+        return G, B.detach().to(G.dtype) * self.scaling[adapter]
+
+
+def _neat_get_delta_weight(self, adapter: str) -> Tensor:
+    if _kernel_act(self, adapter) is None:
+        _warn_fallback(self.act_fn[adapter])
+        return _ORIGINAL["get_delta_weight"](self, adapter)
+    G, B = _neat_g_and_b(self, adapter, self.get_base_layer().weight)
+    return B @ G  # (d_out, d_in), as PEFT's
+
+
+def _neat_merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+    record = getattr(self, "_neat_merge_record", None)
+    wanted = self.active_adapters if adapter_names is None else adapter_names
+    unsupported = [a for a in (*self.merged_adapters, *wanted) if a in self.peanut_A and _kernel_act(self, a) is None]
+    if unsupported or (self.merged and record is None):
+        # PEFT's own merge (it keeps a copy of W to unmerge from); taken when an adapter lacks a kernel or
+        # the layer was merged by PEFT's code before accelerate()
+        for a in unsupported:
+            _warn_fallback(self.act_fn[a])
+        if record is not None:
+            self._neat_unmerge_silently()
+            names = [*self._neat_previously_merged, *[a for a in wanted if a not in self._neat_previously_merged]]
+            return _ORIGINAL["merge"](self, safe_merge=safe_merge, adapter_names=names)
+        return _ORIGINAL["merge"](self, safe_merge=safe_merge, adapter_names=adapter_names)
+
+    adapter_names = check_adapters_to_merge(self, adapter_names)
+    new = [a for a in adapter_names if a in self.peanut_A]
+    if not new:
+        return
+    previous = list(self.merged_adapters)
+    weight = self.get_base_layer().weight
+    if record is not None:
+        # G depends on the original W, so take the merged adapters out and merge everything again
+        unmerge_factors(weight, record)
+        self._neat_merge_record = None
+    Gs, Bs = zip(*(_neat_g_and_b(self, a, weight) for a in [*previous, *new]))
+    dtype = Gs[0].dtype
+    for G in Gs[1:]:
+        dtype = torch.promote_types(dtype, G.dtype)
+    G_all = torch.cat([G.to(dtype) for G in Gs], dim=0)
+    B_all = torch.cat([B.to(dtype) for B in Bs], dim=1)
+    try:
+        self._neat_merge_record = merge_factors(weight, B_all, G_all, exact=True, safe=safe_merge)
+    except ValueError:
+        if record is not None:  # put the earlier merge back before reporting
+            self._neat_merge_record = merge_factors(weight, record.B, record.G, exact=True)
+        raise ValueError(
+            f"NaNs detected in the merged weights. The adapter {', '.join(new)} seems to be broken"
+        ) from None
+    self.merged_adapters[:] = [*previous, *new]
+
+
+def _neat_unmerge_silently(self) -> None:
+    self._neat_previously_merged = list(self.merged_adapters)
+    unmerge_factors(self.get_base_layer().weight, self._neat_merge_record)
+    self._neat_merge_record = None
+    self.merged_adapters.clear()
+
+
+def _neat_unmerge(self) -> None:
+    if getattr(self, "_neat_merge_record", None) is None:
+        return _ORIGINAL["unmerge"](self)
+    if not self.merged:
+        warnings.warn("Already unmerged. Nothing to do.")
+        return
+    _neat_unmerge_silently(self)
+
+
+_REPLACEMENTS = {
+    "forward": _neat_forward,
+    "merge": _neat_merge,
+    "unmerge": _neat_unmerge,
+    "get_delta_weight": _neat_get_delta_weight,
+}
+
+
+class NeatPeanutLinear(PeanutLinear):
+    """A PEFT PEANuT ``Linear`` whose forward and merge run on torch-neat (same parameters and names)."""
+
+    forward = _neat_forward
+    merge = _neat_merge
+    unmerge = _neat_unmerge
+    get_delta_weight = _neat_get_delta_weight
+    _neat_unmerge_silently = _neat_unmerge_silently
+
+    def __repr__(self) -> str:
+        return "neat." + super().__repr__()
+
+
+# install() also needs the helper on the PEFT class itself
+PeanutLinear._neat_unmerge_silently = _neat_unmerge_silently
+
+
+def _peanut_layers(model: nn.Module) -> list[PeanutLinear]:
+    return [m for m in model.modules() if isinstance(m, PeanutLinear)]
+
+
+def _warn_unsupported(layers: list[PeanutLinear]) -> None:
+    for act in sorted({layer.act_fn[a] for layer in layers for a in layer.act_fn} - set(SUPPORTED_ACTIVATIONS)):
+        _warn_fallback(act, stacklevel=4)
+
+
+def accelerate(peft_model: nn.Module) -> nn.Module:
+    """Switches every PEFT PEANuT ``Linear`` in ``peft_model`` to torch-neat's ops, in place; returns the model.
+
+    Parameters, buffers and state-dict names are untouched (only the layers' class changes to
+    :class:`NeatPeanutLinear`, a subclass of PEFT's), so outputs and gradients are PEFT's up to
+    floating-point rounding. Adapters added later are accelerated too. Adapters whose ``act_fn`` has
+    no kernel keep PEFT's path; one warning names them.
+    """
+    if not isinstance(peft_model, nn.Module):
+        raise TypeError(f"accelerate: expected a torch.nn.Module (a PeftModel); got {type(peft_model).__name__}")
+    layers = _peanut_layers(peft_model)
+    if not layers:
+        raise ValueError(
+            "accelerate: the model has no PEFT PEANuT layer; build it with peft.get_peft_model(model, PeanutConfig(...))"
+        )
+    for layer in layers:
+        if type(layer) is PeanutLinear:
+            layer.__class__ = NeatPeanutLinear
+    _warn_unsupported(layers)
+    return peft_model
+
+
+def install() -> None:
+    """Makes every PEFT PEANuT ``Linear`` (existing and future) use torch-neat, by patching PEFT's class.
+
+    Undo with :func:`uninstall`. Prefer :func:`accelerate` to change one model only.
+    """
+    for name, fn in _REPLACEMENTS.items():
+        setattr(PeanutLinear, name, fn)
+
+
+def uninstall() -> None:
+    """Restores PEFT's own PEANuT methods (layers converted by :func:`accelerate` stay accelerated)."""
+    for name, fn in _ORIGINAL.items():
+        setattr(PeanutLinear, name, fn)
+
+
+def is_installed() -> bool:
+    return PeanutLinear.__dict__["forward"] is _neat_forward
