@@ -12,30 +12,24 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-import torch_neat
+import torch_neat  # noqa: E402
 
-ACT = {"relu": torch.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh, "sin": torch.sin}
+# The baseline is the test suite's plain-PyTorch statement of DESIGN 1 (G is never expanded there either).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "python"))
+from reference import ACTIVATIONS, reference_linear  # noqa: E402
 
 
 def plain_pytorch(x, w, b, A, B, hidden, act, scale):
-    """DESIGN 1 with stock PyTorch ops (G never expanded to d_out x d_in either)."""
-    f = ACT[act]
-    G = f(A @ w)
-    k = len(hidden) // 2
-    pushed = []
-    for i in range(k):
-        pushed.append(G)
-        G = f(hidden[i] @ G)
-    for j in range(k):
-        G = f(hidden[k + j] @ G) + pushed.pop()
-    return F.linear(x, w, b) + scale * F.linear(F.linear(x, G), B)
+    return reference_linear(x, w, b, A, B, hidden, act, scale)
 
 
 def make(d, n, r, num_hidden, dtype):
@@ -81,7 +75,7 @@ def main():
     p.add_argument("--n", type=int, default=2048)
     p.add_argument("--r", type=int, default=8)
     p.add_argument("--depth", type=int, nargs="+", default=[2, 6])
-    p.add_argument("--act", default="relu", choices=sorted(ACT))
+    p.add_argument("--act", default="relu", choices=sorted(ACTIVATIONS))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())

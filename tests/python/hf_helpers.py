@@ -6,44 +6,22 @@ from __future__ import annotations
 
 import copy
 
+import reference
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import torch_neat
 
 # ---------------------------------------------------------------------------------------------
-# DESIGN.md section 1 in plain PyTorch
-
-ACTIVATIONS = {
-    "relu": torch.relu,
-    "sin": torch.sin,
-    "gelu": F.gelu,
-    "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
-    "silu": F.silu,
-    "tanh": torch.tanh,
-    "identity": lambda z: z,
-}
-
+# DESIGN.md section 1 in plain PyTorch: the one reference of the test suite (reference.py), taking the
+# transformers activation names too.
 
 def reference_g(W, A, hidden, act):
-    """Z_0 = A W, G_0 = act(Z_0); encoders push and apply; decoders apply then add the popped G."""
-    f = ACTIVATIONS[torch_neat.canonical_activation(act)]
-    G = f(A @ W)
-    k = len(hidden) // 2
-    stack = []
-    for i in range(k):
-        stack.append(G)
-        G = f(hidden[i] @ G)
-    for j in range(k):
-        G = f(hidden[k + j] @ G) + stack.pop()
-    return G
+    return reference.reference_g(W, A, hidden, torch_neat.canonical_activation(act))
 
 
 def reference_linear(x, W, b, A, B, hidden, act, s):
-    """y = x W^T + b + s (x G^T) B^T."""
-    y = x @ W.T + s * (x @ reference_g(W, A, hidden, act).T) @ B.T
-    return y + b if b is not None else y
+    return reference.reference_linear(x, W, b, A, B, hidden, torch_neat.canonical_activation(act), s)
 
 
 class ReferenceNeat(nn.Module):
@@ -70,14 +48,9 @@ def to_reference(model: nn.Module) -> nn.Module:
 # ---------------------------------------------------------------------------------------------
 # Tolerances and reporting
 
-TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2}
+TOL = reference.TOL
 MODEL_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.detach().double(), ref.detach().double()
-    denom = ref.norm().item()
-    return (out - ref).norm().item() / (denom if denom > 0 else 1.0)
+rel_err = reference.rel_err
 
 
 def assert_rel(out: torch.Tensor, ref: torch.Tensor, tol: float, what: str = "output") -> None:

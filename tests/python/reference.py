@@ -51,9 +51,7 @@ def reference_linear(
     G = reference_g(weight, A, hidden, activation)
     y = scale * (x @ G.T) @ B.T
     if with_base:
-        y = y + x @ weight.T
-        if bias is not None:
-            y = y + bias
+        y = y + F.linear(x, weight, bias)  # x W^T + b, fused as stock PyTorch does it
     return y
 
 
@@ -91,4 +89,4 @@ compute_g = reference_g
 neat = reference_linear
 
 
-TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2}  # DESIGN 4
