@@ -1,12 +1,16 @@
 /*
  * gemm.c - instantiates the blocked GEMM (gemm_impl.h) for float and double.
  *
- * Block sizes were tuned on a Sapphire Rapids core (AVX-512, gcc 12, -O3 -march=native
- * -mprefer-vector-width=512) with tests/c/bench_gemm.c: the MR x NR accumulator takes 28 (float)
- * or 24 (double) of the 32 vector registers, a KC x NR strip of B stays in L1 and an MC x KC
- * block of A in L2. MC and NC are multiples of MR and NR. The sizes are fixed per dtype and
- * never depend on the thread count, which is what makes results independent of it.
- * (double NR = 24, not 16: with 16 gcc 12 vectorises the kernel across MR with permutes.)
+ * Block sizes were tuned on a Sapphire Rapids core (AVX-512, 48 KB L1d, 2 MB L2, gcc 12, -O3
+ * -march=native -mprefer-vector-width=512) against torch.mm (MKL) on random data: the MR x NR
+ * accumulator takes 28 (float) or 24 (double) of the 32 vector registers, an MR x KC strip of A
+ * stays in L1 (21 / 16 KB), a KC x NC block of B in L2 (983 KB), and a tile's packed A block
+ * (at most MC x KC) in L3. MC is a multiple of MR, NC of NR.
+ * Results never depend on the thread count: KC (the only block that changes an element's
+ * arithmetic) is fixed per dtype, and tile borders fall on the MR x NR grid, so the tile grid,
+ * which does depend on the lane count, only decides who computes a micro-tile, not how.
+ * (double NR = 24, not 16: with 16 gcc 12 vectorises the kernel across MR with permutes; the
+ * same happens for 14 x 16 and 12 x 16, measured 15x slower.)
  */
 #include "gemm.h"
 
@@ -14,18 +18,29 @@
 
 typedef struct neat_gemm_plan {
     int swap;                 /* compute C^T = B^T A^T (skinny N) */
-    int64_t mc, nc, kc;       /* block sizes clipped to the problem */
-    int64_t mblocks, tiles;   /* tile t covers M block t % mblocks, N block t / mblocks */
+    int64_t kc, nc;           /* K slice, width of a packed B block (clipped to the problem) */
+    int64_t tm, tn;           /* output tile: tm rows (one packed A block), tn columns */
+    int64_t mtiles, tiles;    /* tile t covers rows block t % mtiles, columns block t / mtiles */
     size_t pa_bytes, lane_bytes;
 } neat_gemm_plan;
 
-static int64_t neat_round_up(int64_t v, int64_t m)
+static int64_t neat_cdiv(int64_t a, int64_t b)
 {
-    return (v + m - 1) / m * m;
+    return (a + b - 1) / b;
 }
 
+/*
+ * The tiling. Tile borders fall on multiples of MR and NR, so every MR x NR micro-tile (and
+ * with it every output element's arithmetic) is the same whatever the grid; the grid may thus
+ * depend on the lane count. Each tile packs its A rows and its B columns once (per K slice), so
+ * fewer, larger tiles pack less; the grid chosen minimises a lane's modelled time: its share of
+ * tiles (ceil(tiles / lanes)) times a tile's pack cost, about half a cycle per element packed,
+ * i.e. 16 multiply-adds at 32 per cycle, plus its multiply-adds. One lane gets one tile (up to
+ * MCMAX rows), two lanes two halves.
+ */
 static neat_gemm_plan neat_gemm_make_plan(int64_t M, int64_t N, int64_t K, int64_t mr, int64_t nr,
-                                          int64_t MC, int64_t KC, int64_t NC, size_t esize)
+                                          int64_t MCMAX, int64_t KC, int64_t NC, size_t esize,
+                                          int32_t lanes)
 {
     neat_gemm_plan p;
     p.swap = N < nr && M > N;
@@ -33,15 +48,70 @@ static neat_gemm_plan neat_gemm_make_plan(int64_t M, int64_t N, int64_t K, int64
         int64_t t = M;
         M = N, N = t;
     }
-    p.mc = neat_round_up(M, mr) < MC ? neat_round_up(M, mr) : MC;
-    p.nc = neat_round_up(N, nr) < NC ? neat_round_up(N, nr) : NC;
     p.kc = K < KC ? K : KC;
-    p.mblocks = (M + p.mc - 1) / p.mc;
-    p.tiles = p.mblocks * ((N + p.nc - 1) / p.nc);
-    /* strips are packed whole, so a block's buffer covers it rounded up to full strips */
-    p.pa_bytes = neat_align_up((size_t)(neat_round_up(p.mc, mr) * p.kc) * esize);
-    p.lane_bytes = p.pa_bytes + neat_align_up((size_t)(neat_round_up(p.nc, nr) * p.kc) * esize);
+    int64_t ms = neat_cdiv(M, mr), ns = neat_cdiv(N, nr); /* strips */
+    int64_t L = lanes > 1 ? lanes : 1;
+    int64_t mt_min = neat_cdiv(M, MCMAX);
+    int64_t best_mt = mt_min, best_nt = 1;
+    double best = -1;
+    for (int64_t mt = mt_min; mt <= ms && mt <= mt_min * 4 * L; mt++) {
+        for (int64_t nt = 1; nt <= ns && nt <= 4 * L; nt++) {
+            int64_t tiles = mt * nt;
+            int64_t tm = neat_cdiv(ms, mt) * mr, tn = neat_cdiv(ns, nt) * nr;
+            double per = (double)neat_cdiv(tiles, L) *
+                         ((double)(tm + tn) * (double)K * 16.0 + (double)tm * (double)tn * (double)K);
+            if (best < 0 || per < best)
+                best = per, best_mt = mt, best_nt = nt;
+        }
+    }
+    p.tm = neat_cdiv(ms, best_mt) * mr;
+    p.tn = neat_cdiv(ns, best_nt) * nr;
+    p.mtiles = neat_cdiv(M, p.tm);
+    p.tiles = p.mtiles * neat_cdiv(N, p.tn);
+    p.nc = p.tn < NC ? p.tn : NC;
+    p.pa_bytes = neat_align_up((size_t)(p.tm * p.kc) * esize);
+    p.lane_bytes = p.pa_bytes + neat_align_up((size_t)(p.nc * p.kc) * esize);
     return p;
+}
+
+/* Skinny paths (gemm_impl.h): which one a call takes; negative: on the transposed problem. */
+#define NEAT_SKINNY 16 /* the small dimension's limit */
+enum { NEAT_SKINNY_DOT = 1, NEAT_SKINNY_DIRECT = 2 };
+
+static int neat_gemm_skinny_kind(int64_t M, int64_t N, int64_t K, int64_t rsa, int64_t csa,
+                                 int64_t rsb, int64_t csb)
+{
+    if (M <= NEAT_SKINNY && csb == 1)
+        return NEAT_SKINNY_DIRECT;
+    if (N <= NEAT_SKINNY && rsa == 1) /* transposed: M' = N, B' = A^T with csb' = rsa */
+        return -NEAT_SKINNY_DIRECT;
+    /* a short K leaves too little to amortise the dot path's reductions */
+    if (K < 256)
+        return 0;
+    if (N <= NEAT_SKINNY && csa == 1)
+        return NEAT_SKINNY_DOT;
+    if (M <= NEAT_SKINNY && rsb == 1) /* transposed: N' = M, A' = B^T with csa' = rsb */
+        return -NEAT_SKINNY_DOT;
+    return 0;
+}
+
+/* Scratch of the skinny paths for a (possibly transposed) M x N x K: the larger of the dot
+ * path's B^T and the direct path's packed A plus one strip per lane. */
+static size_t neat_gemm_skinny_bytes(int64_t M, int64_t N, int64_t K, int64_t vl, size_t esize,
+                                     int32_t lanes)
+{
+    size_t b = 0;
+    int64_t l = lanes > 1 ? lanes : 1;
+    if (N <= NEAT_SKINNY) {
+        size_t dot = neat_align_up((size_t)(neat_cdiv(N, 8) * 8 * K) * esize);
+        b = dot > b ? dot : b;
+    }
+    if (M <= NEAT_SKINNY) {
+        size_t direct = neat_align_up((size_t)(neat_cdiv(M, 8) * 8 * K) * esize) +
+                        (size_t)l * neat_align_up((size_t)((K < 256 ? K : 256) * 3 * vl) * esize);
+        b = direct > b ? direct : b;
+    }
+    return b;
 }
 
 int32_t neat_exec_lanes(const neat_exec *exec)
@@ -53,9 +123,9 @@ int32_t neat_exec_lanes(const neat_exec *exec)
 #define SFX f32
 #define MR 14
 #define NR 32
-#define MC 336
+#define MC 4088 /* a multiple of MR */
 #define KC 384
-#define NC 1024
+#define NC 640
 #include "gemm_impl.h"
 static const int64_t neat_f32_blocks[5] = {MR, NR, MC, KC, NC};
 #undef T
@@ -70,9 +140,9 @@ static const int64_t neat_f32_blocks[5] = {MR, NR, MC, KC, NC};
 #define SFX f64
 #define MR 8
 #define NR 24
-#define MC 192
+#define MC 2048
 #define KC 256
-#define NC 1008 /* a multiple of NR */
+#define NC 480 /* a multiple of NR */
 #include "gemm_impl.h"
 static const int64_t neat_f64_blocks[5] = {MR, NR, MC, KC, NC};
 #undef T
@@ -90,18 +160,17 @@ size_t neat_gemm_scratch_bytes_mnk(neat_dtype dtype, int64_t M, int64_t N, int64
         return 0;
     const int64_t *b = dtype == NEAT_FLOAT64 ? neat_f64_blocks : neat_f32_blocks;
     size_t esize = dtype == NEAT_FLOAT64 ? sizeof(double) : sizeof(float);
-    neat_gemm_plan p = neat_gemm_make_plan(M, N, K, b[0], b[1], b[2], b[3], b[4], esize);
+    neat_gemm_plan p = neat_gemm_make_plan(M, N, K, b[0], b[1], b[2], b[3], b[4], esize,
+                                           lanes);
     int64_t l = lanes > 1 ? lanes : 1;
     if (l > p.tiles)
         l = p.tiles;
-    return (size_t)l * p.lane_bytes + NEAT_ALIGN;
-}
-
-size_t neat_gemm_scratch_bytes(neat_dtype dtype, int32_t lanes)
-{
-    const int64_t *b = dtype == NEAT_FLOAT64 ? neat_f64_blocks : neat_f32_blocks;
-    /* the largest plan: every block at its full size */
-    return neat_gemm_scratch_bytes_mnk(dtype, b[2] * (lanes > 1 ? lanes : 1), b[4], b[3], lanes);
+    size_t packed = (size_t)l * p.lane_bytes;
+    int64_t vl = 64 / (int64_t)esize;
+    size_t sk = neat_gemm_skinny_bytes(M, N, K, vl, esize, lanes);
+    size_t skt = neat_gemm_skinny_bytes(N, M, K, vl, esize, lanes);
+    sk = sk > skt ? sk : skt;
+    return (packed > sk ? packed : sk) + NEAT_ALIGN;
 }
 
 void neat_gemm(neat_dtype dtype, int64_t M, int64_t N, int64_t K, double alpha,

@@ -7,9 +7,12 @@
  * elements), so a transpose is a swap of the two strides and costs nothing. When beta == 0, C is
  * never read (it may hold NaN); K == 0 still writes beta * C.
  *
- * The work is cut into fixed (MC x NC) output tiles that depend only on (M, N, K) and the dtype;
- * each tile is computed by one lane with one fixed K order, so results are bit-identical for any
- * thread count. Pack buffers live in caller-provided scratch; nothing here allocates.
+ * The output is cut into tiles, each computed by one lane; every element's arithmetic (its K
+ * order, its K slices) depends only on (M, N, K), the strides and the dtype, never on the lane
+ * count, so results are bit-identical for any thread count. Shapes with one output dimension
+ * <= 16 take skinny paths that read the large operand in place. Pack buffers live in
+ * caller-provided scratch (neat_gemm_scratch_bytes_mnk for the same lane count); nothing here
+ * allocates.
  */
 #ifndef NEAT_GEMM_H
 #define NEAT_GEMM_H
@@ -19,8 +22,6 @@
 /* Scratch that neat_gemm needs for this shape with up to `lanes` concurrent lanes. */
 size_t neat_gemm_scratch_bytes_mnk(neat_dtype dtype, int64_t M, int64_t N, int64_t K,
                                    int32_t lanes);
-/* Scratch enough for any shape with up to `lanes` lanes. */
-size_t neat_gemm_scratch_bytes(neat_dtype dtype, int32_t lanes);
 
 /* Lanes a call with this exec may use (>= 1). */
 int32_t neat_exec_lanes(const neat_exec *exec);

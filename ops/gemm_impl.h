@@ -1,18 +1,20 @@
 /*
  * gemm_impl.h - the blocked GEMM written once, included by gemm.c for each element type with
- * T (element type), SFX (name suffix), MR, NR (register tile), MC, KC, NC (cache blocks) defined.
+ * T (element type), SFX (name suffix), MR, NR (register tile), MC (largest tile height), KC, NC
+ * (blocks) defined.
  *
- * Loop structure (BLIS): an output tile of MC x NC is owned by one lane; for each KC slice of K
- * the lane packs the MC x KC block of A into MR-row strips and the KC x NC block of B into
- * NR-column strips (both zero-padded at the edges), then walks NR strips of B (kept in L1)
- * against MR strips of A (streamed from L2) with the register micro-kernel.
+ * Loop structure: the output is cut into tiles (gemm.c's plan), each owned by one lane. For each
+ * KC slice of K a tile packs its tm x kc block of A once (MR-row strips); then, for each NC-wide
+ * block of its columns, the kc x nc block of B (NR-column strips, kept in L2); then walks the MR
+ * strips of A (each held in L1 across the inner loop) against the NR strips of B with the
+ * register micro-kernel. Packing each operand once per tile (rather than once per MC x NC
+ * block) is what keeps the pack cost, mostly memory latency, off the critical path.
  */
 #define NEAT_CAT_(a, b) a##b
 #define NEAT_CAT(a, b) NEAT_CAT_(a, b)
 #define NEAT_FN(name) NEAT_CAT(name, SFX)
+#define PK (64 / (int)sizeof(T)) /* elements per cache line */
 
-/* Packs rows [0, mc) x cols [0, kc) of A into strips of MR rows: strip s holds (k, i) at
- * s*kc*MR + k*MR + i; rows past mc are zero so the kernel can always run full tiles. */
 static void NEAT_FN(neat_pack_a_)(int64_t mc, int64_t kc, const T *A, int64_t rsa, int64_t csa,
                                   T *restrict pa)
 {
@@ -20,9 +22,17 @@ static void NEAT_FN(neat_pack_a_)(int64_t mc, int64_t kc, const T *A, int64_t rs
         int64_t m = mc - i0 < MR ? mc - i0 : MR;
         const T *a = A + i0 * rsa;
         if (m == MR && rsa == 1) {
-            /* column-major source (a transposed view): each k is MR contiguous values */
             for (int64_t k = 0; k < kc; k++)
                 for (int i = 0; i < MR; i++) pa[k * MR + i] = a[k * csa + i];
+        } else if (m == MR && csa == 1) {
+            /* row-major source: a cache line of every row per step, so the MR row streams
+             * load in parallel */
+            int64_t k0 = 0;
+            for (; k0 + PK <= kc; k0 += PK)
+                for (int i = 0; i < MR; i++)
+                    for (int kk = 0; kk < PK; kk++) pa[(k0 + kk) * MR + i] = a[i * rsa + k0 + kk];
+            for (int64_t k = k0; k < kc; k++)
+                for (int i = 0; i < MR; i++) pa[k * MR + i] = a[i * rsa + k];
         } else if (m == MR) {
             for (int i = 0; i < MR; i++)
                 for (int64_t k = 0; k < kc; k++) pa[k * MR + i] = a[i * rsa + k * csa];
@@ -36,45 +46,50 @@ static void NEAT_FN(neat_pack_a_)(int64_t mc, int64_t kc, const T *A, int64_t rs
     }
 }
 
-/* Packs rows [0, kc) x cols [0, nc) of B into strips of NR columns: strip s holds (k, j) at
- * s*kc*NR + k*NR + j; columns past nc are zero. */
 static void NEAT_FN(neat_pack_b_)(int64_t kc, int64_t nc, const T *B, int64_t rsb, int64_t csb,
                                   T *restrict pb)
 {
-    for (int64_t j0 = 0; j0 < nc; j0 += NR) {
+    int64_t full = nc / NR * NR;
+    if (csb == 1 && full > 0) {
+        /* row-major source: sweep whole rows so that reads stream */
+        for (int64_t k = 0; k < kc; k++) {
+            const T *b = B + k * rsb;
+            T *d = pb + k * NR;
+            for (int64_t j0 = 0; j0 < full; j0 += NR, d += kc * NR)
+                for (int j = 0; j < NR; j++) d[j] = b[j0 + j];
+        }
+    } else if (rsb == 1 && full > 0) {
+        /* column-major source (a transposed view): PK x NR transposes, a cache line of
+         * each of NR columns per step */
+        for (int64_t j0 = 0; j0 < full; j0 += NR) {
+            const T *b = B + j0 * csb;
+            T *d = pb + j0 * kc;
+            int64_t k0 = 0;
+            for (; k0 + PK <= kc; k0 += PK)
+                for (int j = 0; j < NR; j++)
+                    for (int kk = 0; kk < PK; kk++) d[(k0 + kk) * NR + j] = b[k0 + kk + j * csb];
+            for (int j = 0; j < NR; j++)
+                for (int64_t k = k0; k < kc; k++) d[k * NR + j] = b[k + j * csb];
+        }
+    } else {
+        full = 0;
+    }
+    for (int64_t j0 = full; j0 < nc; j0 += NR) {
         int64_t n = nc - j0 < NR ? nc - j0 : NR;
         const T *b = B + j0 * csb;
-        if (n == NR && csb == 1) {
-            for (int64_t k = 0; k < kc; k++)
-                for (int j = 0; j < NR; j++) pb[k * NR + j] = b[k * rsb + j];
-        } else if (n == NR && rsb == 1) {
-            /* column-major source (a transposed view): transpose in short k runs so that both
-             * the column reads and the strip writes stay within a few cache lines */
-            int64_t k0 = 0;
-            for (; k0 + 16 <= kc; k0 += 16)
-                for (int j = 0; j < NR; j++)
-                    for (int kk = 0; kk < 16; kk++)
-                        pb[(k0 + kk) * NR + j] = b[k0 + kk + j * csb];
+        T *d = pb + j0 * kc;
+        if (n == NR) {
             for (int j = 0; j < NR; j++)
-                for (int64_t k = k0; k < kc; k++) pb[k * NR + j] = b[k + j * csb];
-        } else if (n == NR) {
-            for (int j = 0; j < NR; j++)
-                for (int64_t k = 0; k < kc; k++) pb[k * NR + j] = b[k * rsb + j * csb];
+                for (int64_t k = 0; k < kc; k++) d[k * NR + j] = b[k * rsb + j * csb];
         } else {
             for (int64_t k = 0; k < kc; k++) {
-                for (int64_t j = 0; j < n; j++) pb[k * NR + j] = b[k * rsb + j * csb];
-                for (int64_t j = n; j < NR; j++) pb[k * NR + j] = 0;
+                for (int64_t j = 0; j < n; j++) d[k * NR + j] = b[k * rsb + j * csb];
+                for (int64_t j = n; j < NR; j++) d[k * NR + j] = 0;
             }
         }
-        pb += kc * NR;
     }
 }
 
-/*
- * The register micro-kernel: an MR x NR accumulator over kc steps of packed strips, then
- * C[0:m, 0:n] = alpha * acc + beta * C. The inner loops have compile-time trip counts so gcc
- * keeps acc in vector registers and emits broadcast + FMA (needs -ffp-contract=fast).
- */
 static void NEAT_FN(neat_kernel_)(int64_t kc, const T *restrict a, const T *restrict b,
                                   T *restrict C, int64_t rsc, int64_t csc, int64_t m, int64_t n,
                                   T alpha, T beta)
@@ -125,25 +140,28 @@ static void NEAT_FN(neat_gemm_tile_)(const NEAT_FN(neat_gemm_job_) *job, int64_t
                                      T *pb)
 {
     const neat_gemm_plan *p = &job->plan;
-    int64_t ic = (tile % p->mblocks) * p->mc;
-    int64_t jc = (tile / p->mblocks) * p->nc;
-    int64_t mc = job->M - ic < p->mc ? job->M - ic : p->mc;
-    int64_t nc = job->N - jc < p->nc ? job->N - jc : p->nc;
+    int64_t ic = (tile % p->mtiles) * p->tm;
+    int64_t jt = (tile / p->mtiles) * p->tn;
+    int64_t mc = job->M - ic < p->tm ? job->M - ic : p->tm;
+    int64_t tn = job->N - jt < p->tn ? job->N - jt : p->tn;
     for (int64_t pc = 0; pc < job->K; pc += p->kc) {
         int64_t kc = job->K - pc < p->kc ? job->K - pc : p->kc;
-        /* later K slices accumulate onto what the first one wrote */
         T beta = pc == 0 ? job->beta : (T)1;
         NEAT_FN(neat_pack_a_)(mc, kc, job->A + ic * job->rsa + pc * job->csa, job->rsa,
                               job->csa, pa);
-        NEAT_FN(neat_pack_b_)(kc, nc, job->B + pc * job->rsb + jc * job->csb, job->rsb,
-                              job->csb, pb);
-        for (int64_t jr = 0; jr < nc; jr += NR) {
-            int64_t n = nc - jr < NR ? nc - jr : NR;
+        for (int64_t jc = jt; jc < jt + tn; jc += p->nc) {
+            int64_t nc = jt + tn - jc < p->nc ? jt + tn - jc : p->nc;
+            NEAT_FN(neat_pack_b_)(kc, nc, job->B + pc * job->rsb + jc * job->csb, job->rsb,
+                                  job->csb, pb);
+            /* an MR x kc strip of A stays in L1 while NR-wide strips of B stream from L2 */
             for (int64_t ir = 0; ir < mc; ir += MR) {
                 int64_t m = mc - ir < MR ? mc - ir : MR;
-                T *c = job->C + (ic + ir) * job->rsc + (jc + jr) * job->csc;
-                NEAT_FN(neat_kernel_)(kc, pa + ir * kc, pb + jr * kc, c, job->rsc, job->csc, m,
-                                      n, job->alpha, beta);
+                for (int64_t jr = 0; jr < nc; jr += NR) {
+                    int64_t n = nc - jr < NR ? nc - jr : NR;
+                    T *c = job->C + (ic + ir) * job->rsc + (jc + jr) * job->csc;
+                    NEAT_FN(neat_kernel_)(kc, pa + ir * kc, pb + jr * kc, c, job->rsc, job->csc,
+                                          m, n, job->alpha, beta);
+                }
             }
         }
     }
@@ -161,6 +179,214 @@ static void NEAT_FN(neat_gemm_lanes_)(int64_t begin, int64_t end, void *ctx)
     }
 }
 
+
+/*
+ * Skinny paths. A GEMM with one output dimension <= 16 moves far more data than it computes;
+ * the packed path would pack a large operand to use it a few times. Two kernels read the large
+ * operand in place instead:
+ *   dot:    N <= 16, rows of A contiguous (csa == 1): each C element is a dot product over K of
+ *           an A row and a column of B (copied once, transposed, into scratch); PK-wide partial
+ *           sums then a fixed pairwise reduction.
+ *   direct: M <= 16, rows of B contiguous (csb == 1): A (copied once into scratch, XR rows per
+ *           k) is broadcast against XN-wide strips of B rows read in place; an incomplete last
+ *           strip is copied to zero-padded lane scratch first.
+ * Both run K in one fixed order and split rows (dot) or strips (direct) over lanes in units
+ * whose borders do not depend on the lane count, so results stay bit-identical.
+ */
+#define DG 3        /* dot: rows per group */
+#define DJ 8        /* dot: columns per chunk (B^T is zero-padded to whole chunks) */
+#define XR 8        /* direct: rows per group (A is zero-padded to whole groups) */
+#define XK 256      /* direct: K slice */
+#define XPF 16      /* direct: prefetch distance in rows of B */
+#define XN (sizeof(T) == 8 ? 3 * PK : 2 * PK) /* direct: strip width (f64: 16 makes gcc permute) */
+
+typedef struct NEAT_FN(neat_skinny_job_) {
+    int64_t M, N, K;
+    T alpha, beta;
+    const T *A;
+    int64_t rsa, csa;
+    const T *B;
+    int64_t rsb, csb;
+    T *C;
+    int64_t rsc, csc;
+    const T *pk;      /* dot: B^T, DJ-row chunks of K; direct: packed A, XR-row groups of K */
+    char *lane_base;  /* direct: per-lane strip buffer */
+    size_t lane_bytes;
+    int64_t units;    /* dot: row groups; direct: strips */
+    int32_t lanes;
+} NEAT_FN(neat_skinny_job_);
+
+static void NEAT_FN(neat_store_)(T *C, int64_t rsc, int64_t csc, int64_t i, int64_t j, T v,
+                                 T alpha, T beta)
+{
+    T *c = &C[i * rsc + j * csc];
+    *c = beta == 0 ? alpha * v : alpha * v + beta * *c;
+}
+
+/* Dot products of RG A rows with the DJ columns of one B^T chunk; stores n <= DJ columns. */
+#define NEAT_DOT_GROUP(RG)                                                                     \
+    static void NEAT_FN(NEAT_CAT(neat_dot_, RG))(const NEAT_FN(neat_skinny_job_) * job,       \
+                                                 int64_t i0, int64_t j0)                       \
+    {                                                                                          \
+        int64_t K = job->K, kv = K / PK * PK, rsa = job->rsa;                                  \
+        const T *restrict a = job->A + i0 * rsa;                                               \
+        const T *restrict bt = job->pk + j0 * K;                                               \
+        T acc[RG][DJ][PK];                                                                     \
+        for (int i = 0; i < RG; i++)                                                           \
+            for (int j = 0; j < DJ; j++)                                                       \
+                for (int l = 0; l < PK; l++) acc[i][j][l] = 0;                                 \
+        for (int64_t k0 = 0; k0 < kv; k0 += PK)                                                \
+            for (int i = 0; i < RG; i++)                                                       \
+                for (int j = 0; j < DJ; j++)                                                   \
+                    for (int l = 0; l < PK; l++)                                               \
+                        acc[i][j][l] += a[i * rsa + k0 + l] * bt[j * K + k0 + l];              \
+        int64_t n = job->N - j0 < DJ ? job->N - j0 : DJ;                                       \
+        for (int i = 0; i < RG; i++)                                                           \
+            for (int64_t j = 0; j < n; j++) {                                                  \
+                T *v = acc[i][j];                                                              \
+                for (int w = PK / 2; w >= 1; w /= 2)                                           \
+                    for (int l = 0; l < w; l++) v[l] += v[l + w];                              \
+                T sum = v[0];                                                                  \
+                for (int64_t k = kv; k < K; k++) sum += a[i * rsa + k] * bt[j * K + k];        \
+                NEAT_FN(neat_store_)(job->C, job->rsc, job->csc, i0 + i, j0 + j, sum,          \
+                                     job->alpha, job->beta);                                   \
+            }                                                                                  \
+    }
+NEAT_DOT_GROUP(DG)
+NEAT_DOT_GROUP(1)
+#undef NEAT_DOT_GROUP
+
+static void NEAT_FN(neat_dot_lanes_)(int64_t begin, int64_t end, void *ctx)
+{
+    const NEAT_FN(neat_skinny_job_) *job = ctx;
+    for (int64_t lane = begin; lane < end; lane++) {
+        int64_t g0 = lane * job->units / job->lanes, g1 = (lane + 1) * job->units / job->lanes;
+        for (int64_t g = g0; g < g1; g++) {
+            int64_t i0 = g * DG, rows = job->M - i0 < DG ? job->M - i0 : DG;
+            for (int64_t j0 = 0; j0 < job->N; j0 += DJ) {
+                if (rows == DG)
+                    NEAT_FN(NEAT_CAT(neat_dot_, DG))(job, i0, j0);
+                else
+                    for (int64_t i = i0; i < i0 + rows; i++) NEAT_FN(neat_dot_1)(job, i, j0);
+            }
+        }
+    }
+}
+
+/* One XN-wide strip of C rows [i0, i0 + XR), K rows [k0, k0 + kc), from packed A and B rows b
+ * (row stride rsb); C = alpha * acc + beta * C. */
+static void NEAT_FN(neat_direct_strip_)(const NEAT_FN(neat_skinny_job_) *job, int64_t i0,
+                                        int64_t j0, int64_t k0, int64_t kc, const T *restrict b,
+                                        int64_t rsb, int64_t n, T beta)
+{
+    const T *restrict pa = job->pk + i0 * job->K + k0 * XR;
+    T acc[XR][sizeof(T) == 8 ? 3 * PK : 2 * PK];
+    for (int i = 0; i < XR; i++)
+        for (int j = 0; j < XN; j++) acc[i][j] = 0;
+    for (int64_t k = 0; k < kc; k++) {
+        /* B's rows are far apart (often a page each): fetch ahead of the hardware */
+        for (int j = 0; j < XN; j += PK) __builtin_prefetch(b + (k + XPF) * rsb + j, 0, 3);
+        for (int i = 0; i < XR; i++) {
+            T ai = pa[k * XR + i];
+            for (int j = 0; j < XN; j++) acc[i][j] += ai * b[k * rsb + j];
+        }
+    }
+    int64_t m = job->M - i0 < XR ? job->M - i0 : XR;
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++)
+            NEAT_FN(neat_store_)(job->C, job->rsc, job->csc, i0 + i, j0 + j, acc[i][j],
+                                 job->alpha, beta);
+}
+
+static void NEAT_FN(neat_direct_lanes_)(int64_t begin, int64_t end, void *ctx)
+{
+    const NEAT_FN(neat_skinny_job_) *job = ctx;
+    for (int64_t lane = begin; lane < end; lane++) {
+        T *tail = (T *)(job->lane_base + (size_t)lane * job->lane_bytes);
+        int64_t s0 = lane * job->units / job->lanes, s1 = (lane + 1) * job->units / job->lanes;
+        /* K in slices of XK rows, so that a slice of B's rows stays within the TLB's reach */
+        for (int64_t k0 = 0; k0 < job->K; k0 += XK) {
+            int64_t kc = job->K - k0 < XK ? job->K - k0 : XK;
+            T beta = k0 == 0 ? job->beta : (T)1;
+            for (int64_t s = s0; s < s1; s++) {
+                int64_t j0 = s * XN, n = job->N - j0 < XN ? job->N - j0 : XN;
+                const T *b = job->B + k0 * job->rsb + j0;
+                int64_t rsb = job->rsb;
+                if (n < XN) {
+                    for (int64_t k = 0; k < kc; k++)
+                        for (int64_t j = 0; j < XN; j++)
+                            tail[k * XN + j] = j < n ? b[k * rsb + j] : (T)0;
+                    b = tail, rsb = XN;
+                }
+                for (int64_t i0 = 0; i0 < job->M; i0 += XR)
+                    NEAT_FN(neat_direct_strip_)(job, i0, j0, k0, kc, b, rsb, n, beta);
+            }
+        }
+    }
+}
+
+/* Runs a skinny path if one applies (kind from neat_gemm_skinny_kind); 0 if none does. */
+static int NEAT_FN(neat_gemm_skinny_)(int64_t M, int64_t N, int64_t K, T alpha, const T *A,
+                                      int64_t rsa, int64_t csa, const T *B, int64_t rsb,
+                                      int64_t csb, T beta, T *C, int64_t rsc, int64_t csc,
+                                      void *scratch, const neat_exec *exec)
+{
+    int kind = neat_gemm_skinny_kind(M, N, K, rsa, csa, rsb, csb);
+    if (!kind)
+        return 0;
+    if (kind < 0) { /* the transposed problem C^T = B^T A^T */
+        int64_t t;
+        t = M, M = N, N = t;
+        const T *tp = A;
+        A = B, B = tp;
+        t = rsa, rsa = csb, csb = t;
+        t = csa, csa = rsb, rsb = t;
+        t = rsc, rsc = csc, csc = t;
+        kind = -kind;
+    }
+    NEAT_FN(neat_skinny_job_) job;
+    job.M = M, job.N = N, job.K = K, job.alpha = alpha, job.beta = beta;
+    job.A = A, job.rsa = rsa, job.csa = csa, job.B = B, job.rsb = rsb, job.csb = csb;
+    job.C = C, job.rsc = rsc, job.csc = csc;
+    T *pk = neat_align_ptr(scratch);
+    int32_t lanes = neat_exec_lanes(exec);
+    neat_parallel_body body;
+    if (kind == NEAT_SKINNY_DOT) {
+        int64_t nch = neat_cdiv(N, DJ);
+        for (int64_t c = 0; c < nch * DJ; c++)
+            for (int64_t k = 0; k < K; k++)
+                pk[c * K + k] = c < N ? B[k * rsb + c * csb] : (T)0;
+        job.units = neat_cdiv(M, DG);
+        job.lane_base = NULL, job.lane_bytes = 0;
+        body = NEAT_FN(neat_dot_lanes_);
+    } else {
+        int64_t ng = neat_cdiv(M, XR);
+        for (int64_t g = 0; g < ng; g++)
+            for (int64_t k = 0; k < K; k++)
+                for (int i = 0; i < XR; i++) {
+                    int64_t r = g * XR + i;
+                    pk[(g * K + k) * XR + i] = r < M ? A[r * rsa + k * csa] : (T)0;
+                }
+        job.units = neat_cdiv(N, XN);
+        job.lane_bytes = neat_align_up((size_t)(K * XN) * sizeof(T));
+        job.lane_base = (char *)pk + neat_align_up((size_t)(ng * XR * K) * sizeof(T));
+        body = NEAT_FN(neat_direct_lanes_);
+    }
+    job.pk = pk;
+    /* lanes only pay off with enough work: about 4M multiply-adds (some 50 us) each */
+    int64_t want = M * N * K >> 22;
+    if (lanes > want)
+        lanes = want > 1 ? (int32_t)want : 1;
+    if (lanes > job.units)
+        lanes = (int32_t)job.units;
+    job.lanes = lanes;
+    if (lanes > 1 && exec->parallel_for)
+        exec->parallel_for(0, lanes, 1, body, &job, exec->parallel_user);
+    else
+        body(0, lanes, &job);
+    return 1;
+}
+
 void NEAT_FN(neat_gemm_)(int64_t M, int64_t N, int64_t K, T alpha, const T *A, int64_t rsa,
                          int64_t csa, const T *B, int64_t rsb, int64_t csb, T beta, T *C,
                          int64_t rsc, int64_t csc, void *scratch, const neat_exec *exec)
@@ -175,10 +401,13 @@ void NEAT_FN(neat_gemm_)(int64_t M, int64_t N, int64_t K, T alpha, const T *A, i
             }
         return;
     }
+    if (NEAT_FN(neat_gemm_skinny_)(M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, rsc, csc,
+                                   scratch, exec))
+        return;
     NEAT_FN(neat_gemm_job_) job;
-    job.plan = neat_gemm_make_plan(M, N, K, MR, NR, MC, KC, NC, sizeof(T));
+    int32_t lanes = neat_exec_lanes(exec);
+    job.plan = neat_gemm_make_plan(M, N, K, MR, NR, MC, KC, NC, sizeof(T), lanes);
     if (job.plan.swap) {
-        /* a skinny N would waste most of each NR-wide tile: compute C^T = B^T A^T instead */
         int64_t t;
         t = M, M = N, N = t;
         const T *tp = A;
@@ -193,7 +422,6 @@ void NEAT_FN(neat_gemm_)(int64_t M, int64_t N, int64_t K, T alpha, const T *A, i
     job.B = B, job.rsb = rsb, job.csb = csb;
     job.C = C, job.rsc = rsc, job.csc = csc;
     job.scratch = neat_align_ptr(scratch);
-    int32_t lanes = neat_exec_lanes(exec);
     if (lanes > job.plan.tiles)
         lanes = (int32_t)job.plan.tiles;
     job.lanes = lanes;
@@ -204,5 +432,12 @@ void NEAT_FN(neat_gemm_)(int64_t M, int64_t N, int64_t K, T alpha, const T *A, i
 }
 
 #undef NEAT_FN
+#undef PK
+#undef DG
+#undef DJ
+#undef XR
+#undef XN
+#undef XK
+#undef XPF
 #undef NEAT_CAT
 #undef NEAT_CAT_

@@ -1,6 +1,7 @@
 /*
  * bench_gemm.c - single-thread GFLOP/s of ops/gemm.c and the time of a NEAT layer's forward +
- * backward; a tool, not a test (timings never gate tests). Usage: bench_gemm [M N K]
+ * backward, on random data; a tool, not a test (timings never gate tests). Usage:
+ * bench_gemm [M N K]
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -9,6 +10,7 @@
 
 #include "gemm.h"
 #include "layer.h"
+#include "util.h"
 
 static double now(void)
 {
@@ -17,22 +19,37 @@ static double now(void)
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-static void bench(neat_dtype dt, int64_t M, int64_t N, int64_t K)
+/* Random values in [-1, 1): timing on zeros would flatter the kernel (and the memory system). */
+static void fill(neat_dtype dt, void *p, int64_t n, uint64_t *state)
+{
+    for (int64_t i = 0; i < n; i++) {
+        double v = rng_uniform(state, -1, 1);
+        if (dt == NEAT_FLOAT64)
+            ((double *)p)[i] = v;
+        else
+            ((float *)p)[i] = (float)v;
+    }
+}
+
+/* Best of 5 single-thread runs of C = A B; tb: B is a transposed view (rsb = 1, as W in x W^T). */
+static void bench(neat_dtype dt, int64_t M, int64_t N, int64_t K, int tb)
 {
     size_t es = dt == NEAT_FLOAT64 ? 8 : 4;
-    char *A = calloc((size_t)(M * K), es), *B = calloc((size_t)(K * N), es);
-    char *C = calloc((size_t)(M * N), es);
-    void *scratch = malloc(neat_gemm_scratch_bytes_mnk(dt, M, N, K, 1));
-    for (int64_t i = 0; i < M * K; i++) A[i * (int64_t)es] = (char)(i % 7);
+    uint64_t rng = 1;
+    void *A = xmalloc((size_t)(M * K) * es), *B = xmalloc((size_t)(K * N) * es);
+    void *C = xmalloc((size_t)(M * N) * es);
+    fill(dt, A, M * K, &rng), fill(dt, B, K * N, &rng);
+    void *scratch = xmalloc(neat_gemm_scratch_bytes_mnk(dt, M, N, K, 1));
     double best = 1e30;
     for (int rep = 0; rep < 5; rep++) {
         double t = now();
-        neat_gemm(dt, M, N, K, 1.0, A, K, 1, B, N, 1, 0.0, C, N, 1, scratch, NULL);
+        neat_gemm(dt, M, N, K, 1.0, A, K, 1, B, tb ? 1 : N, tb ? K : 1, 0.0, C, N, 1, scratch,
+                  NULL);
         t = now() - t;
         best = t < best ? t : best;
     }
-    printf("gemm %s M=%lld N=%lld K=%lld: %.1f GFLOP/s\n", dt == NEAT_FLOAT64 ? "f64" : "f32",
-           (long long)M, (long long)N, (long long)K, 2.0 * (double)(M * N * K) / best / 1e9);
+    printf("gemm %s M=%lld N=%lld K=%lld B%s: %.1f GFLOP/s\n", dt == NEAT_FLOAT64 ? "f64" : "f32",
+           (long long)M, (long long)N, (long long)K, tb ? "^T" : "", 2.0 * (double)(M * N * K) / best / 1e9);
     free(A), free(B), free(C), free(scratch);
 }
 
@@ -76,12 +93,17 @@ int main(int argc, char **argv)
 {
     if (argc == 4) {
         for (int d = 0; d < 2; d++)
-            bench(d ? NEAT_FLOAT64 : NEAT_FLOAT32, atoll(argv[1]), atoll(argv[2]), atoll(argv[3]));
+            for (int tb = 0; tb < 2; tb++)
+                bench(d ? NEAT_FLOAT64 : NEAT_FLOAT32, atoll(argv[1]), atoll(argv[2]),
+                      atoll(argv[3]), tb);
         return 0;
     }
     for (int d = 0; d < 2; d++) {
-        bench(d ? NEAT_FLOAT64 : NEAT_FLOAT32, 2048, 1024, 1024);
-        bench(d ? NEAT_FLOAT64 : NEAT_FLOAT32, 2048, 8, 1024);
+        neat_dtype dt = d ? NEAT_FLOAT64 : NEAT_FLOAT32;
+        bench(dt, 2048, 1024, 1024, 1); /* y = x W^T */
+        bench(dt, 2048, 1024, 1024, 0); /* dx = dy W */
+        bench(dt, 2048, 8, 4096, 1);    /* U = x G^T (skinny N: dot path) */
+        bench(dt, 8, 64, 4096, 0);      /* Z_0 = A W[:, blk] in the G stack (skinny M) */
     }
     bench_layer(1024, 2048, 8);
     return 0;

@@ -1,7 +1,8 @@
 /*
  * test_gemm.c - ops/gemm.c against a naive loop: odd sizes (0, 1, not multiples of the register
  * tile or cache blocks), every transpose / stride combination, beta 0 over NaN-filled C,
- * beta != 0, alpha != 1, and bit-identical results for any lane count.
+ * beta != 0, alpha != 1, the skinny paths (one dimension <= 16), and bit-identical results for
+ * any lane count.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -96,6 +97,9 @@ int main(void)
         {341, 5, 20},   /* M over MC (f32), skinny */
         {8, 300, 257},  /* skinny M */
         {97, 113, 263},
+        {2000, 7, 600}, /* skinny N, long K: the dot path, split over lanes */
+        {9, 2000, 600}, /* skinny M: the direct path, K slices, split over lanes */
+        {3, 37, 700},   /* skinny M, short last strip */
     };
     static const double ab[][2] = {{1, 0}, {-0.7, 1}, {1.3, 0.5}, {2, 0}};
     int n_small = (int)(sizeof small / sizeof small[0]);
