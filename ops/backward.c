@@ -52,14 +52,15 @@ static size_t neat_bwd_layout(const neat_grads *grads, const neat_args *args, in
     p->need_dU = p->want_dx || p->stack_backward;
     int need_G = p->want_dx || p->want_dB || p->stack_backward;
 
-    size_t gemm = 0;
+    /* dx = dy W + dU G is one fused call (gemm.h, neat_gemm_ex) */
+    size_t gemm = neat_gemm_ex_scratch_bytes(dt, N, d_in, d_out, r, lanes);
     const int64_t shapes[6][3] = {
         {N, r, d_out},    /* dU = s dy B */
         {d_out, d_in, N}, /* dweight = dy^T x */
         {N, r, d_in},     /* U = x G^T */
         {d_out, r, N},    /* dB = s dy^T U */
-        {N, d_in, d_out}, /* dx = dy W */
-        {N, d_in, r},     /* dx += dU G */
+        {N, d_in, d_out}, /* dx = dy W (fused above) */
+        {N, d_in, r},     /* dx = dU G (adapter) */
     };
     for (int i = 0; i < 6; i++)
         gemm = neat_size_max(gemm, neat_gemm_scratch_bytes_mnk(dt, shapes[i][0], shapes[i][1],
@@ -126,12 +127,15 @@ neat_status neat_cpu_backward(const neat_grads *grads, const neat_tensor *dy,
     }
     if (p.want_dx) { /* dx = dy W + dU G (adapter: dU G) */
         const neat_tensor *dx = grads->dx;
-        if (with_base)
-            neat_gemm(dt, N, d_in, d_out, 1.0, dy->data, dyrs, dycs, W->data, W->strides[0],
-                      W->strides[1], 0.0, dx->data, dx->strides[0], dx->strides[1], p.scratch,
-                      exec);
-        neat_gemm(dt, N, d_in, r, 1.0, p.dU, r, 1, p.G, d_in, 1, with_base ? 1.0 : 0.0, dx->data,
-                  dx->strides[0], dx->strides[1], p.scratch, exec);
+        if (with_base) {
+            neat_gemm_extra ex = {r, 1.0, p.dU, r, 1, p.G, d_in, 1, NULL, 0, 0};
+            neat_gemm_ex(dt, N, d_in, d_out, 1.0, dy->data, dyrs, dycs, W->data, W->strides[0],
+                         W->strides[1], 0.0, dx->data, dx->strides[0], dx->strides[1], &ex,
+                         p.scratch, exec);
+        } else {
+            neat_gemm(dt, N, d_in, r, 1.0, p.dU, r, 1, p.G, d_in, 1, 0.0, dx->data,
+                      dx->strides[0], dx->strides[1], p.scratch, exec);
+        }
     }
     if (p.want_db)
         neat_mat_colsum(dt, N, d_out, dy->data, dyrs, dycs, grads->dbias->data,

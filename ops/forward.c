@@ -32,8 +32,9 @@ static size_t neat_fwd_layout(const neat_args *args, int with_base, const neat_e
     int64_t d_out = args->weight->sizes[0], r = args->A->sizes[0];
     int32_t lanes = neat_exec_lanes(exec);
     size_t gemm = neat_max3(neat_gemm_scratch_bytes_mnk(dt, N, r, d_in, lanes),
-                            neat_gemm_scratch_bytes_mnk(dt, N, d_out, r, lanes),
-                            with_base ? neat_gemm_scratch_bytes_mnk(dt, N, d_out, d_in, lanes) : 0);
+                            with_base ? 0 : neat_gemm_scratch_bytes_mnk(dt, N, d_out, r, lanes),
+                            with_base ? neat_gemm_ex_scratch_bytes(dt, N, d_out, d_in, r, lanes)
+                                      : 0);
     size_t stack = neat_gstack_scratch_bytes(args, 0);
     neat_carver c = neat_carver_begin(workspace);
     b->G = neat_carve(&c, (size_t)(r * d_in) * es);
@@ -67,14 +68,13 @@ neat_status neat_cpu_forward(neat_tensor *y, const neat_args *args, int with_bas
     neat_gemm(dt, N, r, d_in, 1.0, x->data, x->strides[0], x->strides[1], b.G, 1, d_in, 0.0, b.U,
               r, 1, b.scratch, exec);
     if (with_base) {
-        /* y = x W^T, then y += s U B^T */
-        neat_gemm(dt, N, d_out, d_in, 1.0, x->data, x->strides[0], x->strides[1], W->data,
-                  W->strides[1], W->strides[0], 0.0, y->data, yrs, ycs, b.scratch, exec);
-        neat_gemm(dt, N, d_out, r, args->scale, b.U, r, 1, B->data, B->strides[1], B->strides[0],
-                  1.0, y->data, yrs, ycs, b.scratch, exec);
-        if (args->bias)
-            neat_mat_add_row(dt, N, d_out, args->bias->data, args->bias->strides[0], y->data, yrs,
-                             ycs);
+        /* y = x W^T + s U B^T + b in one pass over y: the rank-r product rides on the GEMM's
+         * last K slice, the bias on its first slice's store */
+        neat_gemm_extra ex = {r, args->scale, b.U, r, 1, B->data, B->strides[1], B->strides[0],
+                              args->bias ? args->bias->data : NULL, 0,
+                              args->bias ? args->bias->strides[0] : 0};
+        neat_gemm_ex(dt, N, d_out, d_in, 1.0, x->data, x->strides[0], x->strides[1], W->data,
+                     W->strides[1], W->strides[0], 0.0, y->data, yrs, ycs, &ex, b.scratch, exec);
     } else {
         neat_gemm(dt, N, d_out, r, args->scale, b.U, r, 1, B->data, B->strides[1], B->strides[0],
                   0.0, y->data, yrs, ycs, b.scratch, exec);

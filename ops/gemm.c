@@ -21,7 +21,7 @@ typedef struct neat_gemm_plan {
     int64_t kc, nc;           /* K slice, width of a packed B block (clipped to the problem) */
     int64_t tm, tn;           /* output tile: tm rows (one packed A block), tn columns */
     int64_t mtiles, tiles;    /* tile t covers rows block t % mtiles, columns block t / mtiles */
-    size_t pa_bytes, lane_bytes;
+    size_t pa_bytes, lane_bytes; /* packed blocks hold kc + K2 rows (the fused second term) */
 } neat_gemm_plan;
 
 static int64_t neat_cdiv(int64_t a, int64_t b)
@@ -38,9 +38,9 @@ static int64_t neat_cdiv(int64_t a, int64_t b)
  * i.e. 16 multiply-adds at 32 per cycle, plus its multiply-adds. One lane gets one tile (up to
  * MCMAX rows), two lanes two halves.
  */
-static neat_gemm_plan neat_gemm_make_plan(int64_t M, int64_t N, int64_t K, int64_t mr, int64_t nr,
-                                          int64_t MCMAX, int64_t KC, int64_t NC, size_t esize,
-                                          int32_t lanes)
+static neat_gemm_plan neat_gemm_make_plan(int64_t M, int64_t N, int64_t K, int64_t K2,
+                                          int64_t mr, int64_t nr, int64_t MCMAX, int64_t KC,
+                                          int64_t NC, size_t esize, int32_t lanes)
 {
     neat_gemm_plan p;
     p.swap = N < nr && M > N;
@@ -69,8 +69,8 @@ static neat_gemm_plan neat_gemm_make_plan(int64_t M, int64_t N, int64_t K, int64
     p.mtiles = neat_cdiv(M, p.tm);
     p.tiles = p.mtiles * neat_cdiv(N, p.tn);
     p.nc = p.tn < NC ? p.tn : NC;
-    p.pa_bytes = neat_align_up((size_t)(p.tm * p.kc) * esize);
-    p.lane_bytes = p.pa_bytes + neat_align_up((size_t)(p.nc * p.kc) * esize);
+    p.pa_bytes = neat_align_up((size_t)(p.tm * (p.kc + K2)) * esize);
+    p.lane_bytes = p.pa_bytes + neat_align_up((size_t)(p.nc * (p.kc + K2)) * esize);
     return p;
 }
 
@@ -153,14 +153,15 @@ static const int64_t neat_f64_blocks[5] = {MR, NR, MC, KC, NC};
 #undef KC
 #undef NC
 
-size_t neat_gemm_scratch_bytes_mnk(neat_dtype dtype, int64_t M, int64_t N, int64_t K,
-                                   int32_t lanes)
+/* Scratch of one call with a fused second term of K2 (0: none) on its packed path. */
+static size_t neat_gemm_bytes_k2(neat_dtype dtype, int64_t M, int64_t N, int64_t K, int64_t K2,
+                                 int32_t lanes)
 {
     if (M <= 0 || N <= 0 || K <= 0)
         return 0;
     const int64_t *b = dtype == NEAT_FLOAT64 ? neat_f64_blocks : neat_f32_blocks;
     size_t esize = dtype == NEAT_FLOAT64 ? sizeof(double) : sizeof(float);
-    neat_gemm_plan p = neat_gemm_make_plan(M, N, K, b[0], b[1], b[2], b[3], b[4], esize,
+    neat_gemm_plan p = neat_gemm_make_plan(M, N, K, K2, b[0], b[1], b[2], b[3], b[4], esize,
                                            lanes);
     int64_t l = lanes > 1 ? lanes : 1;
     if (l > p.tiles)
@@ -173,6 +174,23 @@ size_t neat_gemm_scratch_bytes_mnk(neat_dtype dtype, int64_t M, int64_t N, int64
     return (packed > sk ? packed : sk) + NEAT_ALIGN;
 }
 
+size_t neat_gemm_scratch_bytes_mnk(neat_dtype dtype, int64_t M, int64_t N, int64_t K,
+                                   int32_t lanes)
+{
+    return neat_gemm_bytes_k2(dtype, M, N, K, 0, lanes);
+}
+
+size_t neat_gemm_ex_scratch_bytes(neat_dtype dtype, int64_t M, int64_t N, int64_t K, int64_t K2,
+                                  int32_t lanes)
+{
+    if (K2 <= 0)
+        return neat_gemm_bytes_k2(dtype, M, N, K, 0, lanes);
+    /* fused on the packed path, or (skinny, K <= 0) the K2 product as a call of its own */
+    size_t fused = neat_gemm_bytes_k2(dtype, M, N, K, K2, lanes);
+    size_t alone = neat_gemm_bytes_k2(dtype, M, N, K2, 0, lanes);
+    return fused > alone ? fused : alone;
+}
+
 void neat_gemm(neat_dtype dtype, int64_t M, int64_t N, int64_t K, double alpha,
                const void *A, int64_t rsa, int64_t csa, const void *B, int64_t rsb, int64_t csb,
                double beta, void *C, int64_t rsc, int64_t csc, void *scratch,
@@ -183,4 +201,17 @@ void neat_gemm(neat_dtype dtype, int64_t M, int64_t N, int64_t K, double alpha,
     else
         neat_gemm_f32(M, N, K, (float)alpha, A, rsa, csa, B, rsb, csb, (float)beta, C, rsc, csc,
                       scratch, exec);
+}
+
+void neat_gemm_ex(neat_dtype dtype, int64_t M, int64_t N, int64_t K, double alpha,
+                  const void *A, int64_t rsa, int64_t csa, const void *B, int64_t rsb,
+                  int64_t csb, double beta, void *C, int64_t rsc, int64_t csc,
+                  const neat_gemm_extra *ex, void *scratch, const neat_exec *exec)
+{
+    if (dtype == NEAT_FLOAT64)
+        neat_gemm_ex_f64(M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, rsc, csc, ex, scratch,
+                         exec);
+    else
+        neat_gemm_ex_f32(M, N, K, (float)alpha, A, rsa, csa, B, rsb, csb, (float)beta, C, rsc,
+                         csc, ex, scratch, exec);
 }

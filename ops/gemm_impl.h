@@ -9,14 +9,18 @@
  * strips of A (each held in L1 across the inner loop) against the NR strips of B with the
  * register micro-kernel. Packing each operand once per tile (rather than once per MC x NC
  * block) is what keeps the pack cost, mostly memory latency, off the critical path.
+ * A fused second term (gemm.h, neat_gemm_extra) rides along: alpha2 * A2 and B2 are packed as
+ * K2 extra rows of the last slice's strips (strip length kt = kc + K2), and D is added in the
+ * first slice's store.
  */
 #define NEAT_CAT_(a, b) a##b
 #define NEAT_CAT(a, b) NEAT_CAT_(a, b)
 #define NEAT_FN(name) NEAT_CAT(name, SFX)
 #define PK (64 / (int)sizeof(T)) /* elements per cache line */
 
+/* A's mc x kc block into MR-row strips of kt >= kc rows each (rows kc.. are left to the caller) */
 static void NEAT_FN(neat_pack_a_)(int64_t mc, int64_t kc, const T *A, int64_t rsa, int64_t csa,
-                                  T *restrict pa)
+                                  T *restrict pa, int64_t kt)
 {
     for (int64_t i0 = 0; i0 < mc; i0 += MR) {
         int64_t m = mc - i0 < MR ? mc - i0 : MR;
@@ -42,12 +46,13 @@ static void NEAT_FN(neat_pack_a_)(int64_t mc, int64_t kc, const T *A, int64_t rs
                 for (int64_t i = m; i < MR; i++) pa[k * MR + i] = 0;
             }
         }
-        pa += kc * MR;
+        pa += kt * MR;
     }
 }
 
+/* B's kc x nc block into NR-column strips of kt >= kc rows each */
 static void NEAT_FN(neat_pack_b_)(int64_t kc, int64_t nc, const T *B, int64_t rsb, int64_t csb,
-                                  T *restrict pb)
+                                  T *restrict pb, int64_t kt)
 {
     int64_t full = nc / NR * NR;
     if (csb == 1 && full > 0) {
@@ -55,7 +60,7 @@ static void NEAT_FN(neat_pack_b_)(int64_t kc, int64_t nc, const T *B, int64_t rs
         for (int64_t k = 0; k < kc; k++) {
             const T *b = B + k * rsb;
             T *d = pb + k * NR;
-            for (int64_t j0 = 0; j0 < full; j0 += NR, d += kc * NR)
+            for (int64_t j0 = 0; j0 < full; j0 += NR, d += kt * NR)
                 for (int j = 0; j < NR; j++) d[j] = b[j0 + j];
         }
     } else if (rsb == 1 && full > 0) {
@@ -63,7 +68,7 @@ static void NEAT_FN(neat_pack_b_)(int64_t kc, int64_t nc, const T *B, int64_t rs
          * each of NR columns per step */
         for (int64_t j0 = 0; j0 < full; j0 += NR) {
             const T *b = B + j0 * csb;
-            T *d = pb + j0 * kc;
+            T *d = pb + j0 * kt;
             int64_t k0 = 0;
             for (; k0 + PK <= kc; k0 += PK)
                 for (int j = 0; j < NR; j++)
@@ -77,7 +82,7 @@ static void NEAT_FN(neat_pack_b_)(int64_t kc, int64_t nc, const T *B, int64_t rs
     for (int64_t j0 = full; j0 < nc; j0 += NR) {
         int64_t n = nc - j0 < NR ? nc - j0 : NR;
         const T *b = B + j0 * csb;
-        T *d = pb + j0 * kc;
+        T *d = pb + j0 * kt;
         if (n == NR) {
             for (int j = 0; j < NR; j++)
                 for (int64_t k = 0; k < kc; k++) d[k * NR + j] = b[k * rsb + j * csb];
@@ -90,9 +95,42 @@ static void NEAT_FN(neat_pack_b_)(int64_t kc, int64_t nc, const T *B, int64_t rs
     }
 }
 
-static void NEAT_FN(neat_kernel_)(int64_t kc, const T *restrict a, const T *restrict b,
-                                  T *restrict C, int64_t rsc, int64_t csc, int64_t m, int64_t n,
-                                  T alpha, T beta)
+/* alpha2 * A2 (mc x k2) into rows [kc, kc + k2) of the MR-row strips (kt rows each) */
+static void NEAT_FN(neat_pack_a2_)(int64_t mc, int64_t k2, T alpha2, const T *A, int64_t rsa,
+                                   int64_t csa, T *restrict pa, int64_t kc, int64_t kt)
+{
+    for (int64_t i0 = 0; i0 < mc; i0 += MR) {
+        int64_t m = mc - i0 < MR ? mc - i0 : MR;
+        T *d = pa + i0 * kt + kc * MR;
+        for (int64_t k = 0; k < k2; k++)
+            for (int64_t i = 0; i < MR; i++)
+                d[k * MR + i] = i < m ? alpha2 * A[(i0 + i) * rsa + k * csa] : (T)0;
+    }
+}
+
+/* B2 (k2 x nc) into rows [kc, kc + k2) of the NR-column strips (kt rows each) */
+static void NEAT_FN(neat_pack_b2_)(int64_t k2, int64_t nc, const T *B, int64_t rsb, int64_t csb,
+                                   T *restrict pb, int64_t kc, int64_t kt)
+{
+    for (int64_t j0 = 0; j0 < nc; j0 += NR) {
+        int64_t n = nc - j0 < NR ? nc - j0 : NR;
+        T *d = pb + j0 * kt + kc * NR;
+        for (int64_t k = 0; k < k2; k++)
+            for (int64_t j = 0; j < NR; j++)
+                d[k * NR + j] = j < n ? B[k * rsb + (j0 + j) * csb] : (T)0;
+    }
+}
+
+/*
+ * One MR x NR micro-tile: acc = a b over kc rows; with k2 > 0 acc = alpha * acc, then k2 more
+ * rows (alpha2 * A2 and B2, packed after the kc) are added to it. Stores
+ * C = alpha' * acc + beta * C + D (alpha' = alpha, or 1 after the scaling; beta == 0 never reads
+ * C; D == NULL: none).
+ */
+static void NEAT_FN(neat_kernel_)(int64_t kc, int64_t k2, const T *restrict a,
+                                  const T *restrict b, T *restrict C, int64_t rsc, int64_t csc,
+                                  int64_t m, int64_t n, T alpha, T beta, const T *restrict D,
+                                  int64_t rsd, int64_t csd)
 {
     T acc[MR][NR];
     for (int i = 0; i < MR; i++)
@@ -103,8 +141,30 @@ static void NEAT_FN(neat_kernel_)(int64_t kc, const T *restrict a, const T *rest
             for (int j = 0; j < NR; j++) acc[i][j] += ai * b[k * NR + j];
         }
     }
-    if (m == MR && n == NR && csc == 1) {
-        if (beta == 0) {
+    if (k2 > 0) {
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NR; j++) acc[i][j] *= alpha;
+        for (int64_t k = kc; k < kc + k2; k++) {
+            for (int i = 0; i < MR; i++) {
+                T ai = a[k * MR + i];
+                for (int j = 0; j < NR; j++) acc[i][j] += ai * b[k * NR + j];
+            }
+        }
+        alpha = 1;
+    }
+    if (m == MR && n == NR && csc == 1 && (!D || csd == 1)) {
+        if (D) {
+            if (beta == 0) {
+                for (int i = 0; i < MR; i++)
+                    for (int j = 0; j < NR; j++)
+                        C[i * rsc + j] = alpha * acc[i][j] + D[i * rsd + j];
+            } else {
+                for (int i = 0; i < MR; i++)
+                    for (int j = 0; j < NR; j++)
+                        C[i * rsc + j] = alpha * acc[i][j] + beta * C[i * rsc + j] +
+                                         D[i * rsd + j];
+            }
+        } else if (beta == 0) {
             for (int i = 0; i < MR; i++)
                 for (int j = 0; j < NR; j++) C[i * rsc + j] = alpha * acc[i][j];
         } else {
@@ -117,7 +177,11 @@ static void NEAT_FN(neat_kernel_)(int64_t kc, const T *restrict a, const T *rest
     for (int64_t i = 0; i < m; i++) {
         for (int64_t j = 0; j < n; j++) {
             T *c = &C[i * rsc + j * csc];
-            *c = beta == 0 ? alpha * acc[i][j] : alpha * acc[i][j] + beta * *c;
+            if (D)
+                *c = beta == 0 ? alpha * acc[i][j] + D[i * rsd + j * csd]
+                               : alpha * acc[i][j] + beta * *c + D[i * rsd + j * csd];
+            else
+                *c = beta == 0 ? alpha * acc[i][j] : alpha * acc[i][j] + beta * *c;
         }
     }
 }
@@ -131,6 +195,14 @@ typedef struct NEAT_FN(neat_gemm_job_) {
     int64_t rsb, csb;
     T *C;
     int64_t rsc, csc;
+    int64_t K2; /* the fused second term, alpha2 * A2 B2, and D (gemm.h) */
+    T alpha2;
+    const T *A2;
+    int64_t rsa2, csa2;
+    const T *B2;
+    int64_t rsb2, csb2;
+    const T *D;
+    int64_t rsd, csd;
     neat_gemm_plan plan;
     char *scratch;
     int32_t lanes;
@@ -146,21 +218,32 @@ static void NEAT_FN(neat_gemm_tile_)(const NEAT_FN(neat_gemm_job_) *job, int64_t
     int64_t tn = job->N - jt < p->tn ? job->N - jt : p->tn;
     for (int64_t pc = 0; pc < job->K; pc += p->kc) {
         int64_t kc = job->K - pc < p->kc ? job->K - pc : p->kc;
+        int64_t k2 = pc + kc == job->K ? job->K2 : 0; /* the second term rides on the last slice */
+        int64_t kt = kc + k2;
         T beta = pc == 0 ? job->beta : (T)1;
+        const T *D = pc == 0 ? job->D : NULL; /* D on the first */
         NEAT_FN(neat_pack_a_)(mc, kc, job->A + ic * job->rsa + pc * job->csa, job->rsa,
-                              job->csa, pa);
+                              job->csa, pa, kt);
+        if (k2)
+            NEAT_FN(neat_pack_a2_)(mc, k2, job->alpha2, job->A2 + ic * job->rsa2, job->rsa2,
+                                   job->csa2, pa, kc, kt);
         for (int64_t jc = jt; jc < jt + tn; jc += p->nc) {
             int64_t nc = jt + tn - jc < p->nc ? jt + tn - jc : p->nc;
             NEAT_FN(neat_pack_b_)(kc, nc, job->B + pc * job->rsb + jc * job->csb, job->rsb,
-                                  job->csb, pb);
-            /* an MR x kc strip of A stays in L1 while NR-wide strips of B stream from L2 */
+                                  job->csb, pb, kt);
+            if (k2)
+                NEAT_FN(neat_pack_b2_)(k2, nc, job->B2 + jc * job->csb2, job->rsb2, job->csb2,
+                                       pb, kc, kt);
+            /* an MR x kt strip of A stays in L1 while NR-wide strips of B stream from L2 */
             for (int64_t ir = 0; ir < mc; ir += MR) {
                 int64_t m = mc - ir < MR ? mc - ir : MR;
                 for (int64_t jr = 0; jr < nc; jr += NR) {
                     int64_t n = nc - jr < NR ? nc - jr : NR;
                     T *c = job->C + (ic + ir) * job->rsc + (jc + jr) * job->csc;
-                    NEAT_FN(neat_kernel_)(kc, pa + ir * kc, pb + jr * kc, c, job->rsc, job->csc,
-                                          m, n, job->alpha, beta);
+                    const T *d = D ? D + (ic + ir) * job->rsd + (jc + jr) * job->csd : NULL;
+                    NEAT_FN(neat_kernel_)(kc, k2, pa + ir * kt, pb + jr * kt, c, job->rsc,
+                                          job->csc, m, n, job->alpha, beta, d, job->rsd,
+                                          job->csd);
                 }
             }
         }
@@ -387,26 +470,49 @@ static int NEAT_FN(neat_gemm_skinny_)(int64_t M, int64_t N, int64_t K, T alpha, 
     return 1;
 }
 
-void NEAT_FN(neat_gemm_)(int64_t M, int64_t N, int64_t K, T alpha, const T *A, int64_t rsa,
-                         int64_t csa, const T *B, int64_t rsb, int64_t csb, T beta, T *C,
-                         int64_t rsc, int64_t csc, void *scratch, const neat_exec *exec)
+static void NEAT_FN(neat_gemm_ex_)(int64_t M, int64_t N, int64_t K, T alpha, const T *A,
+                                   int64_t rsa, int64_t csa, const T *B, int64_t rsb,
+                                   int64_t csb, T beta, T *C, int64_t rsc, int64_t csc,
+                                   const neat_gemm_extra *ex, void *scratch,
+                                   const neat_exec *exec)
 {
     if (M <= 0 || N <= 0)
         return;
+    int64_t K2 = ex && ex->K2 > 0 ? ex->K2 : 0;
+    const T *D = ex ? (const T *)ex->D : NULL;
+    int done = 0;
     if (K <= 0) {
         for (int64_t i = 0; i < M; i++)
             for (int64_t j = 0; j < N; j++) {
                 T *c = &C[i * rsc + j * csc];
                 *c = beta == 0 ? (T)0 : beta * *c;
             }
+        done = 1;
+    } else {
+        done = NEAT_FN(neat_gemm_skinny_)(M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, rsc,
+                                          csc, scratch, exec);
+    }
+    if (done) { /* no packed path to fuse into: the other terms one after the other */
+        if (K2 > 0)
+            NEAT_FN(neat_gemm_ex_)(M, N, K2, (T)ex->alpha2, (const T *)ex->A2, ex->rsa2,
+                                   ex->csa2, (const T *)ex->B2, ex->rsb2, ex->csb2, 1, C, rsc,
+                                   csc, NULL, scratch, exec);
+        if (D)
+            for (int64_t i = 0; i < M; i++)
+                for (int64_t j = 0; j < N; j++)
+                    C[i * rsc + j * csc] += D[i * ex->rsd + j * ex->csd];
         return;
     }
-    if (NEAT_FN(neat_gemm_skinny_)(M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, rsc, csc,
-                                   scratch, exec))
-        return;
     NEAT_FN(neat_gemm_job_) job;
     int32_t lanes = neat_exec_lanes(exec);
-    job.plan = neat_gemm_make_plan(M, N, K, MR, NR, MC, KC, NC, sizeof(T), lanes);
+    job.plan = neat_gemm_make_plan(M, N, K, K2, MR, NR, MC, KC, NC, sizeof(T), lanes);
+    job.K2 = K2;
+    job.alpha2 = K2 ? (T)ex->alpha2 : (T)0;
+    job.A2 = K2 ? (const T *)ex->A2 : NULL, job.rsa2 = K2 ? ex->rsa2 : 0;
+    job.csa2 = K2 ? ex->csa2 : 0;
+    job.B2 = K2 ? (const T *)ex->B2 : NULL, job.rsb2 = K2 ? ex->rsb2 : 0;
+    job.csb2 = K2 ? ex->csb2 : 0;
+    job.D = D, job.rsd = D ? ex->rsd : 0, job.csd = D ? ex->csd : 0;
     if (job.plan.swap) {
         int64_t t;
         t = M, M = N, N = t;
@@ -415,6 +521,10 @@ void NEAT_FN(neat_gemm_)(int64_t M, int64_t N, int64_t K, T alpha, const T *A, i
         t = rsa, rsa = csb, csb = t;
         t = csa, csa = rsb, rsb = t;
         t = rsc, rsc = csc, csc = t;
+        tp = job.A2, job.A2 = job.B2, job.B2 = tp;
+        t = job.rsa2, job.rsa2 = job.csb2, job.csb2 = t;
+        t = job.csa2, job.csa2 = job.rsb2, job.rsb2 = t;
+        t = job.rsd, job.rsd = job.csd, job.csd = t;
     }
     job.M = M, job.N = N, job.K = K;
     job.alpha = alpha, job.beta = beta;
@@ -429,6 +539,14 @@ void NEAT_FN(neat_gemm_)(int64_t M, int64_t N, int64_t K, T alpha, const T *A, i
         exec->parallel_for(0, lanes, 1, NEAT_FN(neat_gemm_lanes_), &job, exec->parallel_user);
     else
         NEAT_FN(neat_gemm_lanes_)(0, lanes, &job);
+}
+
+void NEAT_FN(neat_gemm_)(int64_t M, int64_t N, int64_t K, T alpha, const T *A, int64_t rsa,
+                         int64_t csa, const T *B, int64_t rsb, int64_t csb, T beta, T *C,
+                         int64_t rsc, int64_t csc, void *scratch, const neat_exec *exec)
+{
+    NEAT_FN(neat_gemm_ex_)(M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, rsc, csc, NULL,
+                           scratch, exec);
 }
 
 #undef NEAT_FN

@@ -1,7 +1,7 @@
 /*
  * bench_gemm.c - single-thread GFLOP/s of ops/gemm.c and the time of a NEAT layer's forward +
  * backward, on random data; a tool, not a test (timings never gate tests). Usage:
- * bench_gemm [M N K]
+ * bench_gemm [M N K | fused]
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -89,8 +89,56 @@ static void bench_layer(int64_t d, int64_t N, int64_t r)
     layer_free(&l);
 }
 
+/* y = x W^T + s U B^T + b (the forward's shape): the fused neat_gemm_ex against the three passes
+ * it replaces (GEMM, K = r GEMM with beta 1, bias loop) and against the main GEMM alone; best of
+ * 5, single thread, interleaved. */
+static void bench_fused(int64_t M, int64_t N, int64_t K, int64_t r)
+{
+    uint64_t rng = 3;
+    float *x = xmalloc((size_t)(M * K) * 4), *W = xmalloc((size_t)(N * K) * 4);
+    float *U = xmalloc((size_t)(M * r) * 4), *Bm = xmalloc((size_t)(N * r) * 4);
+    float *bias = xmalloc((size_t)N * 4), *y = xmalloc((size_t)(M * N) * 4);
+    fill(NEAT_FLOAT32, x, M * K, &rng), fill(NEAT_FLOAT32, W, N * K, &rng);
+    fill(NEAT_FLOAT32, U, M * r, &rng), fill(NEAT_FLOAT32, Bm, N * r, &rng);
+    fill(NEAT_FLOAT32, bias, N, &rng);
+    size_t sb = neat_gemm_ex_scratch_bytes(NEAT_FLOAT32, M, N, K, r, 1);
+    void *scratch = xmalloc(sb);
+    neat_gemm_extra ex = {r, 0.5, U, r, 1, Bm, 1, r, bias, 0, 1};
+    double best[3] = {1e30, 1e30, 1e30};
+    for (int rep = 0; rep < 5; rep++) {
+        for (int v = 0; v < 3; v++) {
+            double t = now();
+            if (v == 0) {
+                neat_gemm_ex(NEAT_FLOAT32, M, N, K, 1.0, x, K, 1, W, 1, K, 0.0, y, N, 1, &ex,
+                             scratch, NULL);
+            } else {
+                neat_gemm(NEAT_FLOAT32, M, N, K, 1.0, x, K, 1, W, 1, K, 0.0, y, N, 1, scratch,
+                          NULL);
+                if (v == 2) {
+                    neat_gemm(NEAT_FLOAT32, M, N, r, 0.5, U, r, 1, Bm, 1, r, 1.0, y, N, 1,
+                              scratch, NULL);
+                    for (int64_t i = 0; i < M; i++)
+                        for (int64_t j = 0; j < N; j++) y[i * N + j] += bias[j];
+                }
+            }
+            t = now() - t;
+            best[v] = t < best[v] ? t : best[v];
+        }
+    }
+    printf("fused x W^T + s U B^T + b, M=%lld N=%lld K=%lld r=%lld: fused %.1f ms, unfused %.1f "
+           "ms, main GEMM alone %.1f ms\n",
+           (long long)M, (long long)N, (long long)K, (long long)r, best[0] * 1e3, best[2] * 1e3,
+           best[1] * 1e3);
+    free(x), free(W), free(U), free(Bm), free(bias), free(y), free(scratch);
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 2 && argv[1][0] == 'f') { /* bench_gemm fused: only the fused-GEMM comparison */
+        bench_fused(2048, 1024, 1024, 8);
+        bench_fused(2048, 4096, 4096, 8);
+        return 0;
+    }
     if (argc == 4) {
         for (int d = 0; d < 2; d++)
             for (int tb = 0; tb < 2; tb++)
@@ -105,6 +153,8 @@ int main(int argc, char **argv)
         bench(dt, 2048, 8, 4096, 1);    /* U = x G^T (skinny N: dot path) */
         bench(dt, 8, 64, 4096, 0);      /* Z_0 = A W[:, blk] in the G stack (skinny M) */
     }
+    bench_fused(2048, 1024, 1024, 8);
+    bench_fused(2048, 4096, 4096, 8);
     bench_layer(1024, 2048, 8);
     return 0;
 }
