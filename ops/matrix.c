@@ -42,14 +42,6 @@ void neat_mat_zero(neat_dtype dtype, int64_t rows, int64_t cols, void *dst, int6
 #undef NEAT_MAT_BODY
 }
 
-void neat_mat_add_row(neat_dtype dtype, int64_t rows, int64_t cols, const void *v, int64_t vs,
-                      void *dst, int64_t drs, int64_t dcs)
-{
-#define NEAT_MAT_BODY(T) ((T *)dst)[i * drs + j * dcs] += ((const T *)v)[j * vs]
-    NEAT_MAT_DISPATCH();
-#undef NEAT_MAT_BODY
-}
-
 void neat_mat_colsum(neat_dtype dtype, int64_t rows, int64_t cols, const void *src, int64_t srs,
                      int64_t scs, void *out, int64_t os)
 {

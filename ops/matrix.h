@@ -16,9 +16,6 @@ void neat_mat_add(neat_dtype dtype, int64_t rows, int64_t cols, const void *src,
 /* dst = 0 */
 void neat_mat_zero(neat_dtype dtype, int64_t rows, int64_t cols, void *dst, int64_t drs,
                    int64_t dcs);
-/* dst[i, j] += v[j] (a bias broadcast over rows) */
-void neat_mat_add_row(neat_dtype dtype, int64_t rows, int64_t cols, const void *v, int64_t vs,
-                      void *dst, int64_t drs, int64_t dcs);
 /* out[j] = sum over i of src[i, j], summed in row order */
 void neat_mat_colsum(neat_dtype dtype, int64_t rows, int64_t cols, const void *src, int64_t srs,
                      int64_t scs, void *out, int64_t os);
