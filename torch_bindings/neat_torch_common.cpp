@@ -73,6 +73,29 @@ neat_tensor view(const Tensor &t, const char *op, const char *name) {
   return v;
 }
 
+static void check_weight_2d(const char *op, const Tensor &weight) {
+  if (weight.dim() != 2)
+    fail(op, "weight must be 2-D (d_out, d_in); got shape " + shape_str(weight));
+}
+
+static std::vector<neat_tensor> hidden_views(const char *op, const std::vector<Tensor> &hidden) {
+  std::vector<neat_tensor> views;
+  views.reserve(hidden.size());
+  for (size_t i = 0; i < hidden.size(); ++i) {
+    std::string name = "hidden[" + std::to_string(i) + "]";
+    views.push_back(view(hidden[i], op, name.c_str()));
+  }
+  return views;
+}
+
+static neat_activation parse_activation(const char *op, const std::string &activation) {
+  neat_activation act;
+  if (neat_activation_from_name(activation.c_str(), &act) != NEAT_OK)
+    fail(op, "unknown activation '" + activation +
+                 "'; expected one of relu, sin, gelu, gelu_tanh, silu, tanh, identity");
+  return act;
+}
+
 namespace {
 
 // Everything a call needs, kept alive together: views point into this struct.
@@ -87,8 +110,7 @@ struct Call {
        const std::optional<Tensor> &bias_t, const Tensor &A_t, const Tensor &B_t,
        const std::vector<Tensor> &hidden_t, const std::string &activation, double scale) {
     if (input.dim() < 1) fail(op, "input must have at least one dimension (..., d_in); got a scalar");
-    if (weight_t.dim() != 2)
-      fail(op, "weight must be 2-D (d_out, d_in); got shape " + shape_str(weight_t));
+    check_weight_2d(op, weight_t);
     d_in = input.size(-1);
     d_out = weight_t.size(0);
     if (d_in != weight_t.size(1))
@@ -105,11 +127,7 @@ struct Call {
     weight = view(weight_t, op, "weight");
     A = view(A_t, op, "A");
     B = view(B_t, op, "B");
-    hidden.reserve(hidden_t.size());
-    for (size_t i = 0; i < hidden_t.size(); ++i) {
-      std::string name = "hidden[" + std::to_string(i) + "]";
-      hidden.push_back(view(hidden_t[i], op, name.c_str()));
-    }
+    hidden = hidden_views(op, hidden_t);
     args.x = &x;
     args.weight = &weight;
     if (bias_t.has_value()) {
@@ -120,11 +138,7 @@ struct Call {
     args.B = &B;
     args.hidden = hidden.empty() ? nullptr : hidden.data();
     args.num_hidden = static_cast<int32_t>(hidden.size());
-    neat_activation act;
-    if (neat_activation_from_name(activation.c_str(), &act) != NEAT_OK)
-      fail(op, "unknown activation '" + activation +
-                   "'; expected one of relu, sin, gelu, gelu_tanh, silu, tanh, identity");
-    args.activation = act;
+    args.activation = parse_activation(op, activation);
     args.scale = scale;
   }
 };
@@ -225,26 +239,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> backward
 Tensor compute_g(const char *op, const Tensor &weight, const Tensor &A,
                  const std::vector<Tensor> &hidden, const std::string &activation,
                  const neat_exec &exec) {
-  if (weight.dim() != 2)
-    fail(op, "weight must be 2-D (d_out, d_in); got shape " + shape_str(weight));
+  check_weight_2d(op, weight);
   if (A.dim() != 2) fail(op, "A must be 2-D (r, d_out); got shape " + shape_str(A));
   neat_tensor wv = view(weight, op, "weight"), Av = view(A, op, "A");
-  std::vector<neat_tensor> hv;
-  for (size_t i = 0; i < hidden.size(); ++i) {
-    std::string name = "hidden[" + std::to_string(i) + "]";
-    hv.push_back(view(hidden[i], op, name.c_str()));
-  }
+  std::vector<neat_tensor> hv = hidden_views(op, hidden);
   neat_args args;
   std::memset(&args, 0, sizeof args);
   args.weight = &wv;
   args.A = &Av;
   args.hidden = hv.empty() ? nullptr : hv.data();
   args.num_hidden = static_cast<int32_t>(hv.size());
-  neat_activation act;
-  if (neat_activation_from_name(activation.c_str(), &act) != NEAT_OK)
-    fail(op, "unknown activation '" + activation +
-                 "'; expected one of relu, sin, gelu, gelu_tanh, silu, tanh, identity");
-  args.activation = act;
+  args.activation = parse_activation(op, activation);
   args.scale = 1.0;
   Tensor G = torch::stable::new_empty(A, {A.size(0), weight.size(1)});
   neat_tensor gv = view(G, op, "G");
