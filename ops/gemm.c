@@ -95,25 +95,6 @@ static int neat_gemm_skinny_kind(int64_t M, int64_t N, int64_t K, int64_t rsa, i
     return 0;
 }
 
-/* Scratch of the skinny paths for a (possibly transposed) M x N x K: the larger of the dot
- * path's B^T and the direct path's packed A plus one strip per lane. */
-static size_t neat_gemm_skinny_bytes(int64_t M, int64_t N, int64_t K, int64_t vl, size_t esize,
-                                     int32_t lanes)
-{
-    size_t b = 0;
-    int64_t l = lanes > 1 ? lanes : 1;
-    if (N <= NEAT_SKINNY) {
-        size_t dot = neat_align_up((size_t)(neat_cdiv(N, 8) * 8 * K) * esize);
-        b = dot > b ? dot : b;
-    }
-    if (M <= NEAT_SKINNY) {
-        size_t direct = neat_align_up((size_t)(neat_cdiv(M, 8) * 8 * K) * esize) +
-                        (size_t)l * neat_align_up((size_t)((K < 256 ? K : 256) * 3 * vl) * esize);
-        b = direct > b ? direct : b;
-    }
-    return b;
-}
-
 int32_t neat_exec_lanes(const neat_exec *exec)
 {
     return exec && exec->num_threads > 1 ? exec->num_threads : 1;
@@ -167,10 +148,8 @@ static size_t neat_gemm_bytes_k2(neat_dtype dtype, int64_t M, int64_t N, int64_t
     if (l > p.tiles)
         l = p.tiles;
     size_t packed = (size_t)l * p.lane_bytes;
-    int64_t vl = 64 / (int64_t)esize;
-    size_t sk = neat_gemm_skinny_bytes(M, N, K, vl, esize, lanes);
-    size_t skt = neat_gemm_skinny_bytes(N, M, K, vl, esize, lanes);
-    sk = sk > skt ? sk : skt;
+    size_t sk = dtype == NEAT_FLOAT64 ? neat_skinny_scratch_bytes_f64(M, N, K, lanes)
+                                      : neat_skinny_scratch_bytes_f32(M, N, K, lanes);
     return (packed > sk ? packed : sk) + NEAT_ALIGN;
 }
 

@@ -267,21 +267,65 @@ static void NEAT_FN(neat_gemm_lanes_)(int64_t begin, int64_t end, void *ctx)
  * Skinny paths. A GEMM with one output dimension <= 16 moves far more data than it computes;
  * the packed path would pack a large operand to use it a few times. Two kernels read the large
  * operand in place instead:
- *   dot:    N <= 16, rows of A contiguous (csa == 1): each C element is a dot product over K of
- *           an A row and a column of B (copied once, transposed, into scratch); PK-wide partial
- *           sums then a fixed pairwise reduction.
- *   direct: M <= 16, rows of B contiguous (csb == 1): A (copied once into scratch, XR rows per
- *           k) is broadcast against XN-wide strips of B rows read in place; an incomplete last
- *           strip is copied to zero-padded lane scratch first.
- * Both run K in one fixed order and split rows (dot) or strips (direct) over lanes in units
- * whose borders do not depend on the lane count, so results stay bit-identical.
+ *   dot:    N <= 16, rows of A contiguous (csa == 1): each C element is a dot product of an A
+ *           row and a column of B over a K slice of DK; each lane copies the slice of B's
+ *           columns, transposed, into its scratch; PK-wide partial sums then a fixed pairwise
+ *           reduction, and slices after the first are added to C.
+ *   direct: M <= 16, rows of B contiguous (csb == 1): per K slice of XK, each lane packs A's
+ *           slice (XR rows per k) into its scratch and broadcasts it against XN-wide strips of
+ *           B rows read in place; an incomplete last strip is copied to zero-padded lane
+ *           scratch first.
+ * Scratch is per lane and bounded by the slice, never by K: a huge K (an expanded operand of
+ * billions of rows) must not ask for a workspace of its size. Both run K in one fixed order
+ * and split rows (dot) or strips (direct) over lanes in units whose borders do not depend on
+ * the lane count, so results stay bit-identical.
  */
 #define DG 3        /* dot: rows per group */
 #define DJ 8        /* dot: columns per chunk (B^T is zero-padded to whole chunks) */
+#define DK 4096     /* dot: K slice (a lane's B^T slice, DJ * 2 chunks of it, stays in L2) */
 #define XR 8        /* direct: rows per group (A is zero-padded to whole groups) */
 #define XK 256      /* direct: K slice */
 #define XPF 16      /* direct: prefetch distance in rows of B */
 #define XN (sizeof(T) == 8 ? 3 * PK : 2 * PK) /* direct: strip width (f64: 16 makes gcc permute) */
+
+/*
+ * One lane's skinny scratch for an M x N x K problem on path kind; *tail_off is where the
+ * direct path's strip buffer starts inside it. The size query and the kernels both call this,
+ * so the bytes reserved and the bytes carved cannot disagree.
+ */
+static size_t NEAT_FN(neat_skinny_lane_bytes_)(int kind, int64_t M, int64_t N, int64_t K,
+                                               size_t *tail_off)
+{
+    if (kind == NEAT_SKINNY_DOT) {
+        int64_t kc = K < DK ? K : DK;
+        *tail_off = 0;
+        return neat_align_up((size_t)(neat_cdiv(N, DJ) * DJ * kc) * sizeof(T));
+    }
+    int64_t kc = K < XK ? K : XK;
+    size_t pa = neat_align_up((size_t)(neat_cdiv(M, XR) * XR * kc) * sizeof(T));
+    *tail_off = pa;
+    return pa + neat_align_up((size_t)(kc * (int64_t)XN) * sizeof(T));
+}
+
+/* Scratch any skinny path may take for M x N x K (strides unknown: every path that the
+ * dimensions allow, in both orientations), with up to `lanes` lanes. */
+static size_t NEAT_FN(neat_skinny_scratch_bytes_)(int64_t M, int64_t N, int64_t K, int32_t lanes)
+{
+    size_t off, lane = 0, b;
+    if (M <= NEAT_SKINNY && (b = NEAT_FN(neat_skinny_lane_bytes_)(NEAT_SKINNY_DIRECT, M, N, K,
+                                                                  &off)) > lane)
+        lane = b;
+    if (N <= NEAT_SKINNY && (b = NEAT_FN(neat_skinny_lane_bytes_)(NEAT_SKINNY_DIRECT, N, M, K,
+                                                                  &off)) > lane)
+        lane = b;
+    if (N <= NEAT_SKINNY && (b = NEAT_FN(neat_skinny_lane_bytes_)(NEAT_SKINNY_DOT, M, N, K,
+                                                                  &off)) > lane)
+        lane = b;
+    if (M <= NEAT_SKINNY && (b = NEAT_FN(neat_skinny_lane_bytes_)(NEAT_SKINNY_DOT, N, M, K,
+                                                                  &off)) > lane)
+        lane = b;
+    return (size_t)(lanes > 1 ? lanes : 1) * lane;
+}
 
 typedef struct NEAT_FN(neat_skinny_job_) {
     int64_t M, N, K;
@@ -292,9 +336,8 @@ typedef struct NEAT_FN(neat_skinny_job_) {
     int64_t rsb, csb;
     T *C;
     int64_t rsc, csc;
-    const T *pk;      /* dot: B^T, DJ-row chunks of K; direct: packed A, XR-row groups of K */
-    char *lane_base;  /* direct: per-lane strip buffer */
-    size_t lane_bytes;
+    char *lane_base;  /* lane l's scratch starts at lane_base + l * lane_bytes */
+    size_t lane_bytes, tail_off;
     int64_t units;    /* dot: row groups; direct: strips */
     int32_t lanes;
 } NEAT_FN(neat_skinny_job_);
@@ -306,23 +349,25 @@ static void NEAT_FN(neat_store_)(T *C, int64_t rsc, int64_t csc, int64_t i, int6
     *c = beta == 0 ? alpha * v : alpha * v + beta * *c;
 }
 
-/* Dot products of RG A rows with the DJ columns of one B^T chunk; stores n <= DJ columns. */
+/* Dot products over the slice [k0, k0 + kc) of RG A rows with the DJ columns of one chunk of
+ * the slice's B^T (bt, kc elements per column); stores n <= DJ columns. */
 #define NEAT_DOT_GROUP(RG)                                                                     \
     static void NEAT_FN(NEAT_CAT(neat_dot_, RG))(const NEAT_FN(neat_skinny_job_) * job,       \
-                                                 int64_t i0, int64_t j0)                       \
+                                                 const T *restrict bt, int64_t k0, int64_t kc, \
+                                                 int64_t i0, int64_t j0, T beta)               \
     {                                                                                          \
-        int64_t K = job->K, kv = K / PK * PK, rsa = job->rsa;                                  \
-        const T *restrict a = job->A + i0 * rsa;                                               \
-        const T *restrict bt = job->pk + j0 * K;                                               \
+        int64_t kv = kc / PK * PK, rsa = job->rsa;                                             \
+        const T *restrict a = job->A + i0 * rsa + k0;                                          \
+        bt += j0 * kc;                                                                         \
         T acc[RG][DJ][PK];                                                                     \
         for (int i = 0; i < RG; i++)                                                           \
             for (int j = 0; j < DJ; j++)                                                       \
                 for (int l = 0; l < PK; l++) acc[i][j][l] = 0;                                 \
-        for (int64_t k0 = 0; k0 < kv; k0 += PK)                                                \
+        for (int64_t k = 0; k < kv; k += PK)                                                   \
             for (int i = 0; i < RG; i++)                                                       \
                 for (int j = 0; j < DJ; j++)                                                   \
                     for (int l = 0; l < PK; l++)                                               \
-                        acc[i][j][l] += a[i * rsa + k0 + l] * bt[j * K + k0 + l];              \
+                        acc[i][j][l] += a[i * rsa + k + l] * bt[j * kc + k + l];               \
         int64_t n = job->N - j0 < DJ ? job->N - j0 : DJ;                                       \
         for (int i = 0; i < RG; i++)                                                           \
             for (int64_t j = 0; j < n; j++) {                                                  \
@@ -330,9 +375,9 @@ static void NEAT_FN(neat_store_)(T *C, int64_t rsc, int64_t csc, int64_t i, int6
                 for (int w = PK / 2; w >= 1; w /= 2)                                           \
                     for (int l = 0; l < w; l++) v[l] += v[l + w];                              \
                 T sum = v[0];                                                                  \
-                for (int64_t k = kv; k < K; k++) sum += a[i * rsa + k] * bt[j * K + k];        \
+                for (int64_t k = kv; k < kc; k++) sum += a[i * rsa + k] * bt[j * kc + k];      \
                 NEAT_FN(neat_store_)(job->C, job->rsc, job->csc, i0 + i, j0 + j, sum,          \
-                                     job->alpha, job->beta);                                   \
+                                     job->alpha, beta);                                        \
             }                                                                                  \
     }
 NEAT_DOT_GROUP(DG)
@@ -342,27 +387,40 @@ NEAT_DOT_GROUP(1)
 static void NEAT_FN(neat_dot_lanes_)(int64_t begin, int64_t end, void *ctx)
 {
     const NEAT_FN(neat_skinny_job_) *job = ctx;
+    int64_t cols = neat_cdiv(job->N, DJ) * DJ;
     for (int64_t lane = begin; lane < end; lane++) {
+        T *bt = (T *)(job->lane_base + (size_t)lane * job->lane_bytes);
         int64_t g0 = lane * job->units / job->lanes, g1 = (lane + 1) * job->units / job->lanes;
-        for (int64_t g = g0; g < g1; g++) {
-            int64_t i0 = g * DG, rows = job->M - i0 < DG ? job->M - i0 : DG;
-            for (int64_t j0 = 0; j0 < job->N; j0 += DJ) {
-                if (rows == DG)
-                    NEAT_FN(NEAT_CAT(neat_dot_, DG))(job, i0, j0);
-                else
-                    for (int64_t i = i0; i < i0 + rows; i++) NEAT_FN(neat_dot_1)(job, i, j0);
+        if (g0 >= g1)
+            continue;
+        for (int64_t k0 = 0; k0 < job->K; k0 += DK) {
+            int64_t kc = job->K - k0 < DK ? job->K - k0 : DK;
+            T beta = k0 == 0 ? job->beta : (T)1;
+            for (int64_t c = 0; c < cols; c++)
+                for (int64_t k = 0; k < kc; k++)
+                    bt[c * kc + k] = c < job->N ? job->B[(k0 + k) * job->rsb + c * job->csb]
+                                                : (T)0;
+            for (int64_t g = g0; g < g1; g++) {
+                int64_t i0 = g * DG, rows = job->M - i0 < DG ? job->M - i0 : DG;
+                for (int64_t j0 = 0; j0 < job->N; j0 += DJ) {
+                    if (rows == DG)
+                        NEAT_FN(NEAT_CAT(neat_dot_, DG))(job, bt, k0, kc, i0, j0, beta);
+                    else
+                        for (int64_t i = i0; i < i0 + rows; i++)
+                            NEAT_FN(neat_dot_1)(job, bt, k0, kc, i, j0, beta);
+                }
             }
         }
     }
 }
 
-/* One XN-wide strip of C rows [i0, i0 + XR), K rows [k0, k0 + kc), from packed A and B rows b
- * (row stride rsb); C = alpha * acc + beta * C. */
-static void NEAT_FN(neat_direct_strip_)(const NEAT_FN(neat_skinny_job_) *job, int64_t i0,
-                                        int64_t j0, int64_t k0, int64_t kc, const T *restrict b,
-                                        int64_t rsb, int64_t n, T beta)
+/* One XN-wide strip of C rows [i0, i0 + XR), over a K slice of kc rows, from the slice's
+ * packed A group pa and B rows b (row stride rsb); C = alpha * acc + beta * C. */
+static void NEAT_FN(neat_direct_strip_)(const NEAT_FN(neat_skinny_job_) *job,
+                                        const T *restrict pa, int64_t i0, int64_t j0,
+                                        int64_t kc, const T *restrict b, int64_t rsb, int64_t n,
+                                        T beta)
 {
-    const T *restrict pa = job->pk + i0 * job->K + k0 * XR;
     T acc[XR][sizeof(T) == 8 ? 3 * PK : 2 * PK];
     for (int i = 0; i < XR; i++)
         for (int j = 0; j < XN; j++) acc[i][j] = 0;
@@ -384,13 +442,24 @@ static void NEAT_FN(neat_direct_strip_)(const NEAT_FN(neat_skinny_job_) *job, in
 static void NEAT_FN(neat_direct_lanes_)(int64_t begin, int64_t end, void *ctx)
 {
     const NEAT_FN(neat_skinny_job_) *job = ctx;
+    int64_t ng = neat_cdiv(job->M, XR);
     for (int64_t lane = begin; lane < end; lane++) {
-        T *tail = (T *)(job->lane_base + (size_t)lane * job->lane_bytes);
+        char *base = job->lane_base + (size_t)lane * job->lane_bytes;
+        T *pa = (T *)base, *tail = (T *)(base + job->tail_off);
         int64_t s0 = lane * job->units / job->lanes, s1 = (lane + 1) * job->units / job->lanes;
+        if (s0 >= s1)
+            continue;
         /* K in slices of XK rows, so that a slice of B's rows stays within the TLB's reach */
         for (int64_t k0 = 0; k0 < job->K; k0 += XK) {
             int64_t kc = job->K - k0 < XK ? job->K - k0 : XK;
             T beta = k0 == 0 ? job->beta : (T)1;
+            for (int64_t g = 0; g < ng; g++)
+                for (int64_t k = 0; k < kc; k++)
+                    for (int i = 0; i < XR; i++) {
+                        int64_t r = g * XR + i;
+                        pa[(g * kc + k) * XR + i] =
+                            r < job->M ? job->A[r * job->rsa + (k0 + k) * job->csa] : (T)0;
+                    }
             for (int64_t s = s0; s < s1; s++) {
                 int64_t j0 = s * XN, n = job->N - j0 < XN ? job->N - j0 : XN;
                 const T *b = job->B + k0 * job->rsb + j0;
@@ -401,8 +470,9 @@ static void NEAT_FN(neat_direct_lanes_)(int64_t begin, int64_t end, void *ctx)
                             tail[k * XN + j] = j < n ? b[k * rsb + j] : (T)0;
                     b = tail, rsb = XN;
                 }
-                for (int64_t i0 = 0; i0 < job->M; i0 += XR)
-                    NEAT_FN(neat_direct_strip_)(job, i0, j0, k0, kc, b, rsb, n, beta);
+                for (int64_t g = 0; g < ng; g++)
+                    NEAT_FN(neat_direct_strip_)(job, pa + g * kc * XR, g * XR, j0, kc, b, rsb, n,
+                                                beta);
             }
         }
     }
@@ -431,33 +501,20 @@ static int NEAT_FN(neat_gemm_skinny_)(int64_t M, int64_t N, int64_t K, T alpha, 
     job.M = M, job.N = N, job.K = K, job.alpha = alpha, job.beta = beta;
     job.A = A, job.rsa = rsa, job.csa = csa, job.B = B, job.rsb = rsb, job.csb = csb;
     job.C = C, job.rsc = rsc, job.csc = csc;
-    T *pk = neat_align_ptr(scratch);
-    int32_t lanes = neat_exec_lanes(exec);
+    job.lane_base = neat_align_ptr(scratch);
+    job.lane_bytes = NEAT_FN(neat_skinny_lane_bytes_)(kind, M, N, K, &job.tail_off);
     neat_parallel_body body;
     if (kind == NEAT_SKINNY_DOT) {
-        int64_t nch = neat_cdiv(N, DJ);
-        for (int64_t c = 0; c < nch * DJ; c++)
-            for (int64_t k = 0; k < K; k++)
-                pk[c * K + k] = c < N ? B[k * rsb + c * csb] : (T)0;
         job.units = neat_cdiv(M, DG);
-        job.lane_base = NULL, job.lane_bytes = 0;
         body = NEAT_FN(neat_dot_lanes_);
     } else {
-        int64_t ng = neat_cdiv(M, XR);
-        for (int64_t g = 0; g < ng; g++)
-            for (int64_t k = 0; k < K; k++)
-                for (int i = 0; i < XR; i++) {
-                    int64_t r = g * XR + i;
-                    pk[(g * K + k) * XR + i] = r < M ? A[r * rsa + k * csa] : (T)0;
-                }
         job.units = neat_cdiv(N, XN);
-        job.lane_bytes = neat_align_up((size_t)(K * XN) * sizeof(T));
-        job.lane_base = (char *)pk + neat_align_up((size_t)(ng * XR * K) * sizeof(T));
         body = NEAT_FN(neat_direct_lanes_);
     }
-    job.pk = pk;
+    int32_t lanes = neat_exec_lanes(exec);
     /* lanes only pay off with enough work: about 4M multiply-adds (some 50 us) each */
-    int64_t want = M * N * K >> 22;
+    double work = (double)M * (double)N * (double)K / 4194304.0;
+    int64_t want = work < 1e9 ? (int64_t)work : 1000000000;
     if (lanes > want)
         lanes = want > 1 ? (int32_t)want : 1;
     if (lanes > job.units)
@@ -553,6 +610,7 @@ void NEAT_FN(neat_gemm_)(int64_t M, int64_t N, int64_t K, T alpha, const T *A, i
 #undef PK
 #undef DG
 #undef DJ
+#undef DK
 #undef XR
 #undef XN
 #undef XK

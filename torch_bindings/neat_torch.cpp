@@ -10,67 +10,96 @@
 
 namespace neat_torch {
 
-// PyTorch's intra-op pool as neat's parallel-for: honours torch.set_num_threads.
-static void torch_parallel_for_hook(int64_t begin, int64_t end, int64_t grain,
-                                    neat_parallel_body body, void *ctx, void * /*user*/) {
-  // torch_parallel_for calls back with (begin, end, ctx), the same shape as neat_parallel_body.
-  STABLE_TORCH_ERROR_CODE_CHECK(torch_parallel_for(begin, end, grain, body, ctx));
-}
-
-neat_exec cpu_exec() {
-  neat_exec exec{};
+CpuExec::CpuExec() {
   uint32_t threads = 1;
   STABLE_TORCH_ERROR_CODE_CHECK(torch_get_num_threads(&threads));
-  exec.parallel_for = &torch_parallel_for_hook;
-  exec.parallel_user = nullptr;
-  exec.num_threads = static_cast<int32_t>(threads);
-  exec.stream = nullptr;
-  return exec;
+  exec_.parallel_for = &CpuExec::hook;
+  exec_.parallel_user = this;
+  exec_.num_threads = static_cast<int32_t>(threads);
+  exec_.stream = nullptr;
+}
+
+// PyTorch's intra-op pool as neat's parallel-for: honours torch.set_num_threads. This runs
+// inside C frames, so nothing may escape it: a failure is recorded for rethrow(). The C library
+// then finishes its call with some chunks possibly not run, and the binding discards its result.
+void CpuExec::hook(int64_t begin, int64_t end, int64_t grain, neat_parallel_body body, void *ctx,
+                   void *user) {
+  CpuExec *self = static_cast<CpuExec *>(user);
+  try {
+    // torch_parallel_for calls back with (begin, end, ctx), the shape of neat_parallel_body.
+    if (torch_parallel_for(begin, end, grain, body, ctx) != AOTI_TORCH_SUCCESS && self->error_.empty())
+      self->error_ = "PyTorch's parallel_for failed";
+  } catch (const std::exception &e) {
+    if (self->error_.empty()) self->error_ = std::string("PyTorch's parallel_for failed: ") + e.what();
+  } catch (...) {
+    if (self->error_.empty()) self->error_ = "PyTorch's parallel_for failed with an unknown exception";
+  }
+}
+
+void CpuExec::rethrow(const char *op) const {
+  if (!error_.empty()) fail(op, error_);
 }
 
 }  // namespace neat_torch
 
 using neat_torch::Tensor;
 
+// Runs f on PyTorch's pool, then reports a failure of the pool (see CpuExec).
+template <typename F>
+static auto on_cpu(const char *op, F &&f) {
+  neat_torch::CpuExec cpu;
+  auto result = f(cpu.exec());
+  cpu.rethrow(op);
+  return result;
+}
+
 static Tensor linear_cpu(Tensor input, Tensor weight, std::optional<Tensor> bias, Tensor A, Tensor B,
-                         std::optional<std::vector<Tensor>> hidden, std::string activation,
+                         std::optional<std::vector<Tensor>> hidden, neat_torch::ActivationArg activation,
                          double scale) {
-  neat_exec exec = neat_torch::cpu_exec();
-  return neat_torch::forward("neat::linear", input, weight, bias, A, B, hidden.value_or(neat_torch::TensorList{}), activation, scale,
-                             /*with_base=*/true, exec);
+  return on_cpu("neat::linear", [&](const neat_exec &exec) {
+    return neat_torch::forward("neat::linear", input, weight, bias, A, B,
+                               hidden.value_or(neat_torch::TensorList{}), activation, scale,
+                               /*with_base=*/true, exec);
+  });
 }
 
 static Tensor adapter_cpu(Tensor input, Tensor weight, Tensor A, Tensor B,
-                          std::optional<std::vector<Tensor>> hidden, std::string activation,
+                          std::optional<std::vector<Tensor>> hidden, neat_torch::ActivationArg activation,
                           double scale) {
-  neat_exec exec = neat_torch::cpu_exec();
-  return neat_torch::forward("neat::adapter", input, weight, std::nullopt, A, B, hidden.value_or(neat_torch::TensorList{}), activation,
-                             scale, /*with_base=*/false, exec);
+  return on_cpu("neat::adapter", [&](const neat_exec &exec) {
+    return neat_torch::forward("neat::adapter", input, weight, std::nullopt, A, B,
+                               hidden.value_or(neat_torch::TensorList{}), activation, scale,
+                               /*with_base=*/false, exec);
+  });
 }
 
 static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> linear_backward_cpu(
     Tensor grad_out, Tensor input, Tensor weight, std::optional<Tensor> bias, Tensor A, Tensor B,
-    std::vector<Tensor> hidden, std::string activation, double scale,
+    std::vector<Tensor> hidden, neat_torch::ActivationArg activation, double scale,
     std::vector<bool> output_mask) {
-  neat_exec exec = neat_torch::cpu_exec();
-  return neat_torch::backward("neat::linear_backward", grad_out, input, weight, bias, A, B, hidden,
-                              activation, scale, output_mask, /*with_base=*/true, exec);
+  return on_cpu("neat::linear_backward", [&](const neat_exec &exec) {
+    return neat_torch::backward("neat::linear_backward", grad_out, input, weight, bias, A, B,
+                                hidden, activation, scale, output_mask, /*with_base=*/true, exec);
+  });
 }
 
 static std::tuple<Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> adapter_backward_cpu(
     Tensor grad_out, Tensor input, Tensor weight, Tensor A, Tensor B, std::vector<Tensor> hidden,
-    std::string activation, double scale, std::vector<bool> output_mask) {
-  neat_exec exec = neat_torch::cpu_exec();
-  auto r = neat_torch::backward("neat::adapter_backward", grad_out, input, weight, std::nullopt, A,
-                                B, hidden, activation, scale, output_mask, /*with_base=*/false,
-                                exec);
+    neat_torch::ActivationArg activation, double scale, std::vector<bool> output_mask) {
+  auto r = on_cpu("neat::adapter_backward", [&](const neat_exec &exec) {
+    return neat_torch::backward("neat::adapter_backward", grad_out, input, weight, std::nullopt,
+                                A, B, hidden, activation, scale, output_mask,
+                                /*with_base=*/false, exec);
+  });
   return {std::get<0>(r), std::get<1>(r), std::get<3>(r), std::get<4>(r), std::get<5>(r)};
 }
 
 static Tensor compute_g_cpu(Tensor weight, Tensor A, std::optional<std::vector<Tensor>> hidden,
-                            std::string activation) {
-  neat_exec exec = neat_torch::cpu_exec();
-  return neat_torch::compute_g("neat::compute_g", weight, A, hidden.value_or(neat_torch::TensorList{}), activation, exec);
+                            neat_torch::ActivationArg activation) {
+  return on_cpu("neat::compute_g", [&](const neat_exec &exec) {
+    return neat_torch::compute_g("neat::compute_g", weight, A,
+                                 hidden.value_or(neat_torch::TensorList{}), activation, exec);
+  });
 }
 
 // The schemas are the contract of DESIGN.md section 3.1, except that `hidden` is `Tensor[]? = None`:

@@ -88,12 +88,51 @@ static std::vector<neat_tensor> hidden_views(const char *op, const std::vector<T
   return views;
 }
 
-static neat_activation parse_activation(const char *op, const std::string &activation) {
+static neat_activation parse_activation(const char *op, const ActivationArg &activation) {
+  const std::string &name = activation.name;
+  if (activation.unreadable) fail(op, "activation: torch could not pass the string");
   neat_activation act;
-  if (neat_activation_from_name(activation.c_str(), &act) != NEAT_OK)
-    fail(op, "unknown activation '" + activation +
+  // A NUL inside the name would end it early for the C parser ("relu\0junk" read as "relu").
+  if (name.find('\0') != std::string::npos ||
+      neat_activation_from_name(name.c_str(), &act) != NEAT_OK) {
+    std::string shown;
+    for (char ch : name) {
+      if (ch == '\0') shown += "\\x00";
+      else shown += ch;
+    }
+    fail(op, "unknown activation '" + shown +
                  "'; expected one of relu, sin, gelu, gelu_tanh, silu, tanh, identity");
+  }
   return act;
+}
+
+static void check_2d(const char *op, const Tensor &t, const char *name, const char *shape) {
+  if (t.dim() != 2)
+    fail(op, std::string(name) + " must be 2-D " + shape + "; got shape " + shape_str(t));
+}
+
+static const char *device_str(const Tensor &t) {
+  return t.device().type() == torch::headeronly::DeviceType::CUDA ? "cuda" : "cpu";
+}
+
+// torch's own message for a failed allocation names only the shim call; say what and how big.
+static Tensor alloc(const char *op, const char *what, const Tensor &like,
+                    const std::vector<int64_t> &shape,
+                    std::optional<ScalarType> dtype = std::nullopt) {
+  try {
+    return dtype ? torch::stable::new_empty(like, shape, *dtype)
+                 : torch::stable::new_empty(like, shape);
+  } catch (const std::exception &) {
+    // torch's message names only the shim call, so it is replaced, not appended.
+    double elems = 1;
+    for (int64_t s : shape) elems *= static_cast<double>(s);
+    double bytes = elems * static_cast<double>(dtype ? 1 : like.element_size());
+    std::ostringstream msg;
+    msg << "could not allocate " << what << " (" << static_cast<unsigned long long>(bytes)
+        << " bytes = " << bytes / (1024.0 * 1024.0 * 1024.0) << " GiB) on " << device_str(like)
+        << "; the allocator refused (out of memory?)";
+    fail(op, msg.str());
+  }
 }
 
 namespace {
@@ -108,9 +147,13 @@ struct Call {
 
   Call(const char *op, const Tensor &input, const Tensor &weight_t,
        const std::optional<Tensor> &bias_t, const Tensor &A_t, const Tensor &B_t,
-       const std::vector<Tensor> &hidden_t, const std::string &activation, double scale) {
+       const std::vector<Tensor> &hidden_t, const ActivationArg &activation, double scale) {
     if (input.dim() < 1) fail(op, "input must have at least one dimension (..., d_in); got a scalar");
     check_weight_2d(op, weight_t);
+    check_2d(op, A_t, "A", "(r, d_out)");
+    check_2d(op, B_t, "B", "(d_out, r)");
+    for (size_t i = 0; i < hidden_t.size(); ++i)
+      check_2d(op, hidden_t[i], ("hidden[" + std::to_string(i) + "]").c_str(), "(r, r)");
     d_in = input.size(-1);
     d_out = weight_t.size(0);
     if (d_in != weight_t.size(1))
@@ -145,25 +188,26 @@ struct Call {
 
 }  // namespace
 
-static Tensor workspace_like(const Tensor &like, size_t bytes) {
+static Tensor workspace_like(const char *op, const Tensor &like, size_t bytes) {
   if (bytes == 0) return Tensor();
-  return torch::stable::new_empty(like, {static_cast<int64_t>(bytes)}, ScalarType::Byte);
+  if (bytes > static_cast<size_t>(INT64_MAX)) fail(op, "the workspace size overflows int64");
+  return alloc(op, "the workspace", like, {static_cast<int64_t>(bytes)}, ScalarType::Byte);
 }
 
 static void *ws_ptr(const Tensor &ws) { return ws.defined() ? ws.data_ptr() : nullptr; }
 
 Tensor forward(const char *op, const Tensor &input, const Tensor &weight,
                const std::optional<Tensor> &bias, const Tensor &A, const Tensor &B,
-               const std::vector<Tensor> &hidden, const std::string &activation, double scale,
+               const std::vector<Tensor> &hidden, const ActivationArg &activation, double scale,
                bool with_base, const neat_exec &exec) {
   Call c(op, input, weight, bias, A, B, hidden, activation, scale);
-  Tensor y = torch::stable::new_empty(input, {c.n, c.d_out});
+  Tensor y = alloc(op, "the output", input, {c.n, c.d_out});
   neat_tensor yv = view(y, op, "output");
   size_t bytes = 0;
   check(with_base ? neat_linear_forward_workspace_size(&c.args, &exec, &bytes)
                   : neat_adapter_forward_workspace_size(&c.args, &exec, &bytes),
         op);
-  Tensor ws = workspace_like(input, bytes);
+  Tensor ws = workspace_like(op, input, bytes);
   check(with_base ? neat_linear_forward(&yv, &c.args, ws_ptr(ws), bytes, &exec)
                   : neat_adapter_forward(&yv, &c.args, ws_ptr(ws), bytes, &exec),
         op);
@@ -177,7 +221,7 @@ Tensor forward(const char *op, const Tensor &input, const Tensor &weight,
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> backward(
     const char *op, const Tensor &grad_out, const Tensor &input, const Tensor &weight,
     const std::optional<Tensor> &bias, const Tensor &A, const Tensor &B,
-    const std::vector<Tensor> &hidden, const std::string &activation, double scale,
+    const std::vector<Tensor> &hidden, const ActivationArg &activation, double scale,
     const std::vector<bool> &output_mask, bool with_base, const neat_exec &exec) {
   if (output_mask.size() != 6)
     fail(op, "output_mask must have 6 entries (dx, dweight, dbias, dA, dB, dhidden)");
@@ -194,13 +238,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> backward
 
   // Not-requested gradients are 0-element placeholders (a schema cannot return None).
   auto grad_for = [&](bool wanted, const Tensor &like, std::vector<int64_t> shape) {
-    return torch::stable::new_empty(like, wanted ? shape : std::vector<int64_t>{0});
+    return alloc(op, "a gradient", like, wanted ? shape : std::vector<int64_t>{0});
   };
   const bool want_db = output_mask[2] && with_base && bias.has_value();
   Tensor dx = grad_for(output_mask[0], input, {c.n, c.d_in});
   Tensor dw = grad_for(output_mask[1], weight, {c.d_out, c.d_in});
-  Tensor db = want_db ? torch::stable::new_empty(*bias, {c.d_out})
-                      : torch::stable::new_empty(weight, {0});
+  Tensor db = want_db ? alloc(op, "a gradient", *bias, {c.d_out}) : alloc(op, "a gradient", weight, {0});
   Tensor dA = grad_for(output_mask[3], A, {A.size(0), A.size(1)});
   Tensor dB = grad_for(output_mask[4], B, {B.size(0), B.size(1)});
   std::vector<Tensor> dh;
@@ -224,7 +267,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> backward
   check(with_base ? neat_linear_backward_workspace_size(&g, &c.args, &exec, &bytes)
                   : neat_adapter_backward_workspace_size(&g, &c.args, &exec, &bytes),
         op);
-  Tensor ws = workspace_like(input, bytes);
+  Tensor ws = workspace_like(op, input, bytes);
   check(with_base ? neat_linear_backward(&g, &dyv, &c.args, ws_ptr(ws), bytes, &exec)
                   : neat_adapter_backward(&g, &dyv, &c.args, ws_ptr(ws), bytes, &exec),
         op);
@@ -237,10 +280,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> backward
 }
 
 Tensor compute_g(const char *op, const Tensor &weight, const Tensor &A,
-                 const std::vector<Tensor> &hidden, const std::string &activation,
+                 const std::vector<Tensor> &hidden, const ActivationArg &activation,
                  const neat_exec &exec) {
   check_weight_2d(op, weight);
-  if (A.dim() != 2) fail(op, "A must be 2-D (r, d_out); got shape " + shape_str(A));
+  check_2d(op, A, "A", "(r, d_out)");
+  for (size_t i = 0; i < hidden.size(); ++i)
+    check_2d(op, hidden[i], ("hidden[" + std::to_string(i) + "]").c_str(), "(r, r)");
   neat_tensor wv = view(weight, op, "weight"), Av = view(A, op, "A");
   std::vector<neat_tensor> hv = hidden_views(op, hidden);
   neat_args args;
@@ -251,11 +296,11 @@ Tensor compute_g(const char *op, const Tensor &weight, const Tensor &A,
   args.num_hidden = static_cast<int32_t>(hv.size());
   args.activation = parse_activation(op, activation);
   args.scale = 1.0;
-  Tensor G = torch::stable::new_empty(A, {A.size(0), weight.size(1)});
+  Tensor G = alloc(op, "the output G", A, {A.size(0), weight.size(1)});
   neat_tensor gv = view(G, op, "G");
   size_t bytes = 0;
   check(neat_compute_g_workspace_size(&args, &exec, &bytes), op);
-  Tensor ws = workspace_like(A, bytes);
+  Tensor ws = workspace_like(op, A, bytes);
   check(neat_compute_g(&gv, &args, ws_ptr(ws), bytes, &exec), op);
   return G;
 }

@@ -35,7 +35,7 @@ Tensor dense_grad(const Tensor &g) {
 using Guard = torch::stable::accelerator::DeviceGuard;
 
 Tensor linear_cuda(Tensor input, Tensor weight, std::optional<Tensor> bias, Tensor A, Tensor B,
-                   std::optional<std::vector<Tensor>> hidden, std::string activation,
+                   std::optional<std::vector<Tensor>> hidden, neat_torch::ActivationArg activation,
                    double scale) {
   Guard guard(input.get_device_index());
   neat_exec exec = cuda_exec(input);
@@ -45,7 +45,7 @@ Tensor linear_cuda(Tensor input, Tensor weight, std::optional<Tensor> bias, Tens
 }
 
 Tensor adapter_cuda(Tensor input, Tensor weight, Tensor A, Tensor B,
-                    std::optional<std::vector<Tensor>> hidden, std::string activation,
+                    std::optional<std::vector<Tensor>> hidden, neat_torch::ActivationArg activation,
                     double scale) {
   Guard guard(input.get_device_index());
   neat_exec exec = cuda_exec(input);
@@ -56,7 +56,7 @@ Tensor adapter_cuda(Tensor input, Tensor weight, Tensor A, Tensor B,
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> linear_backward_cuda(
     Tensor grad_out, Tensor input, Tensor weight, std::optional<Tensor> bias, Tensor A, Tensor B,
-    std::vector<Tensor> hidden, std::string activation, double scale,
+    std::vector<Tensor> hidden, neat_torch::ActivationArg activation, double scale,
     std::vector<bool> output_mask) {
   Guard guard(input.get_device_index());
   neat_exec exec = cuda_exec(input);
@@ -66,7 +66,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> linear_b
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> adapter_backward_cuda(
     Tensor grad_out, Tensor input, Tensor weight, Tensor A, Tensor B, std::vector<Tensor> hidden,
-    std::string activation, double scale, std::vector<bool> output_mask) {
+    neat_torch::ActivationArg activation, double scale, std::vector<bool> output_mask) {
   Guard guard(input.get_device_index());
   neat_exec exec = cuda_exec(input);
   auto r = neat_torch::backward("neat::adapter_backward", dense_grad(grad_out), input, weight,
@@ -76,7 +76,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> adapter_backward
 }
 
 Tensor compute_g_cuda(Tensor weight, Tensor A, std::optional<std::vector<Tensor>> hidden,
-                      std::string activation) {
+                      neat_torch::ActivationArg activation) {
   Guard guard(weight.get_device_index());
   neat_exec exec = cuda_exec(weight);
   return neat_torch::compute_g("neat::compute_g", weight, A,

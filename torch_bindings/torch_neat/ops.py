@@ -229,9 +229,42 @@ def _reject_sparse(op_name: str, arg_names: tuple):
     return kernel
 
 
-for _op, _names in [("linear", ("input", "weight", "bias", "A", "B", "hidden")), ("adapter", ("input", "weight", "A", "B", "hidden"))]:
-    for _key in ("SparseCPU", "SparseCUDA"):
+_SPARSE_KEYS = ("SparseCPU", "SparseCUDA", "SparseCsrCPU", "SparseCsrCUDA")
+for _op, _names in [
+    ("linear", ("input", "weight", "bias", "A", "B", "hidden")),
+    ("adapter", ("input", "weight", "A", "B", "hidden")),
+    ("compute_g", ("weight", "A", "hidden")),
+    ("linear_backward", ("grad_out", "input", "weight", "bias", "A", "B", "hidden")),
+    ("adapter_backward", ("grad_out", "input", "weight", "A", "B", "hidden")),
+]:
+    for _key in _SPARSE_KEYS:
         _sparse_lib.impl(_op, _reject_sparse(_op, _names), _key)
+
+
+# Double backward. The backward ops have no derivative of their own; without an autograd
+# registration, differentiating them (hessian, grad of grad with create_graph=True) would
+# silently give zeros. Registering one that raises turns that into a clear error at the moment
+# a backward op is differentiated; first-order gradients, with or without create_graph, are
+# unaffected.
+def _no_double_backward(op_name: str):
+    def setup_context(ctx, inputs, output):
+        pass
+
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"torch-neat: neat::{op_name} cannot be differentiated: double backward (a gradient "
+            "of a gradient, e.g. torch.autograd.functional.hessian or torch.autograd.grad of a "
+            "result computed with create_graph=True) is not implemented for neat::linear and "
+            "neat::adapter. First-order gradients are exact; for second-order terms compute the "
+            "layer with plain PyTorch ops (the formula at the top of the README) instead."
+        )
+
+    return backward, setup_context
+
+
+for _op in ("linear_backward", "adapter_backward"):
+    _bw, _setup = _no_double_backward(_op)
+    torch.library.register_autograd(f"neat::{_op}", _bw, setup_context=_setup)
 
 torch.library.register_autograd("neat::linear", _linear_backward, setup_context=_linear_setup_context)
 torch.library.register_autograd("neat::adapter", _adapter_backward, setup_context=_adapter_setup_context)
