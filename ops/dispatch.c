@@ -1,6 +1,7 @@
 /*
- * dispatch.c - the public compute entry points of neat.h: validate once, check the workspace,
- * then route by device to the CPU or CUDA backend (backend.h).
+ * dispatch.c - the public compute entry points of neat.h: validate once, check the workspace
+ * (its size, and that it overlaps no tensor of the call), then route by device to the CPU or
+ * CUDA backend (backend.h).
  */
 #include "backend.h"
 #include "validate.h"
@@ -75,6 +76,8 @@ static neat_status neat_forward_size(const char *fn, const neat_args *args, int 
     if (!bytes)
         return neat_null_out(fn, "bytes");
     neat_status st = neat_validate_forward(fn, NULL, args, with_base, &p);
+    if (st == NEAT_OK)
+        st = neat_validate_exec(fn, exec);
     if (st != NEAT_OK)
         return st;
     const neat_backend *be = neat_backend_for(fn, &p);
@@ -89,6 +92,8 @@ static neat_status neat_forward(const char *fn, const char *query, neat_tensor *
     if (!y)
         return neat_null_out(fn, "y");
     neat_status st = neat_validate_forward(fn, y, args, with_base, &p);
+    if (st == NEAT_OK)
+        st = neat_validate_exec(fn, exec);
     if (st != NEAT_OK)
         return st;
     const neat_backend *be = neat_backend_for(fn, &p);
@@ -98,6 +103,8 @@ static neat_status neat_forward(const char *fn, const char *query, neat_tensor *
     st = be->forward_workspace_size(args, with_base, exec, &need);
     if (st == NEAT_OK)
         st = neat_check_workspace(fn, query, need, workspace, workspace_bytes);
+    if (st == NEAT_OK)
+        st = neat_validate_workspace(fn, workspace, workspace_bytes, args, NULL, "y", y, NULL);
     if (st == NEAT_OK)
         st = be->forward(y, args, with_base, workspace, workspace_bytes, exec);
     return st;
@@ -139,6 +146,8 @@ static neat_status neat_backward_size(const char *fn, const neat_grads *grads,
     if (!bytes)
         return neat_null_out(fn, "bytes");
     neat_status st = neat_validate_backward(fn, grads, NULL, args, with_base, &p);
+    if (st == NEAT_OK)
+        st = neat_validate_exec(fn, exec);
     if (st != NEAT_OK)
         return st;
     const neat_backend *be = neat_backend_for(fn, &p);
@@ -154,6 +163,8 @@ static neat_status neat_backward(const char *fn, const char *query, const neat_g
     if (!dy)
         return neat_null_out(fn, "dy");
     neat_status st = neat_validate_backward(fn, grads, dy, args, with_base, &p);
+    if (st == NEAT_OK)
+        st = neat_validate_exec(fn, exec);
     if (st != NEAT_OK)
         return st;
     const neat_backend *be = neat_backend_for(fn, &p);
@@ -163,6 +174,8 @@ static neat_status neat_backward(const char *fn, const char *query, const neat_g
     st = be->backward_workspace_size(grads, args, with_base, exec, &need);
     if (st == NEAT_OK)
         st = neat_check_workspace(fn, query, need, workspace, workspace_bytes);
+    if (st == NEAT_OK)
+        st = neat_validate_workspace(fn, workspace, workspace_bytes, args, dy, NULL, NULL, grads);
     if (st == NEAT_OK)
         st = be->backward(grads, dy, args, with_base, workspace, workspace_bytes, exec);
     return st;
@@ -208,6 +221,8 @@ neat_status neat_compute_g_workspace_size(const neat_args *args, const neat_exec
     if (!bytes)
         return neat_null_out(fn, "bytes");
     neat_status st = neat_validate_compute_g(fn, NULL, args, &p);
+    if (st == NEAT_OK)
+        st = neat_validate_exec(fn, exec);
     if (st != NEAT_OK)
         return st;
     const neat_backend *be = neat_backend_for(fn, &p);
@@ -222,6 +237,8 @@ neat_status neat_compute_g(neat_tensor *G, const neat_args *args, void *workspac
     if (!G)
         return neat_null_out(fn, "G");
     neat_status st = neat_validate_compute_g(fn, G, args, &p);
+    if (st == NEAT_OK)
+        st = neat_validate_exec(fn, exec);
     if (st != NEAT_OK)
         return st;
     const neat_backend *be = neat_backend_for(fn, &p);
@@ -232,6 +249,8 @@ neat_status neat_compute_g(neat_tensor *G, const neat_args *args, void *workspac
     if (st == NEAT_OK)
         st = neat_check_workspace(fn, "neat_compute_g_workspace_size", need, workspace,
                                   workspace_bytes);
+    if (st == NEAT_OK)
+        st = neat_validate_workspace(fn, workspace, workspace_bytes, args, NULL, "G", G, NULL);
     if (st == NEAT_OK)
         st = be->compute_g(G, args, workspace, workspace_bytes, exec);
     return st;

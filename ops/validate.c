@@ -38,14 +38,18 @@ static const char *neat_device_name(neat_device_type t)
     return t == NEAT_DEVICE_CPU ? "cpu" : t == NEAT_DEVICE_CUDA ? "cuda" : "unknown";
 }
 
-static void neat_shape_str(const neat_tensor *t, char *buf, size_t n)
+static void neat_dims_str(const int64_t *v, int32_t ndim, char *buf, size_t n)
 {
     int off = snprintf(buf, n, "(");
-    for (int32_t d = 0; d < t->ndim && d < NEAT_MAX_DIMS && off > 0 && (size_t)off < n; d++)
-        off += snprintf(buf + off, n - (size_t)off, "%s%lld", d ? ", " : "",
-                        (long long)t->sizes[d]);
+    for (int32_t d = 0; d < ndim && d < NEAT_MAX_DIMS && off > 0 && (size_t)off < n; d++)
+        off += snprintf(buf + off, n - (size_t)off, "%s%lld", d ? ", " : "", (long long)v[d]);
     if (off > 0 && (size_t)off < n)
         snprintf(buf + off, n - (size_t)off, ")");
+}
+
+static void neat_shape_str(const neat_tensor *t, char *buf, size_t n)
+{
+    neat_dims_str(t->sizes, t->ndim, buf, n);
 }
 
 static int neat_is_half(neat_dtype d)
@@ -53,9 +57,159 @@ static int neat_is_half(neat_dtype d)
     return d == NEAT_BFLOAT16 || d == NEAT_FLOAT16;
 }
 
+/* Bytes per element; unknown dtypes are rejected before any range is needed, and 8 keeps a
+ * range computed for one anyway on the large (conservative) side. */
+static int64_t neat_elem_size(neat_dtype d)
+{
+    return d == NEAT_FLOAT32 ? 4 : neat_is_half(d) ? 2 : 8;
+}
+
+/* The most bytes one view may span: what a pointer difference can express. */
+static const int64_t neat_max_view_bytes = PTRDIFF_MAX < INT64_MAX ? (int64_t)PTRDIFF_MAX
+                                                                   : INT64_MAX;
+
+/*
+ * The largest element offset of a view, over the dims that have more than one index. Returns 0
+ * when that cannot be represented in int64 (or a stride is negative): a view refused here never
+ * reaches signed-overflow arithmetic, neither in this file nor in the kernels' offset
+ * computations, which stay below the offset checked here.
+ */
+static int neat_max_offset(const neat_tensor *t, int64_t *off)
+{
+    int64_t o = 0;
+    if (t->ndim < 0 || t->ndim > NEAT_MAX_DIMS)
+        return 0;
+    for (int32_t d = 0; d < t->ndim; d++) {
+        int64_t step;
+        if (t->sizes[d] <= 1)
+            continue;
+        if (t->strides[d] < 0 || __builtin_mul_overflow(t->sizes[d] - 1, t->strides[d], &step) ||
+            __builtin_add_overflow(o, step, &o))
+            return 0;
+    }
+    *off = o;
+    return 1;
+}
+
+/* Bytes from a view's data pointer to the end of its last element; returns 0 when that does
+ * not fit in a pointer difference. */
+static int neat_extent_bytes(const neat_tensor *t, int64_t *bytes)
+{
+    int64_t off, b, es = neat_elem_size(t->dtype);
+    if (!neat_max_offset(t, &off) || __builtin_mul_overflow(off, es, &b) ||
+        __builtin_add_overflow(b, es, &b) || b > neat_max_view_bytes)
+        return 0;
+    *bytes = b;
+    return 1;
+}
+
+/*
+ * The first dim (sorted by stride) whose elements land on offsets already used by the dims of
+ * smaller stride, or -1. Each stride must exceed the span of all smaller ones: that makes every
+ * index tuple's offset unique. It is sufficient, not necessary (a few exotic interleavings are
+ * refused), and every layout PyTorch gives a fresh or sliced tensor satisfies it. Expects a
+ * view that passed the extent check, so the running span cannot overflow.
+ */
+static int32_t neat_aliasing_dim(const neat_tensor *t, int64_t *span_out)
+{
+    int32_t order[NEAT_MAX_DIMS], n = 0;
+    for (int32_t d = 0; d < t->ndim; d++) {
+        if (t->sizes[d] <= 1)
+            continue; /* a single index never collides with itself */
+        int32_t k = n++;
+        while (k > 0 && t->strides[order[k - 1]] > t->strides[d]) {
+            order[k] = order[k - 1];
+            k--;
+        }
+        order[k] = d;
+    }
+    int64_t span = 0;
+    for (int32_t k = 0; k < n; k++) {
+        int32_t d = order[k];
+        if (t->strides[d] <= span) {
+            *span_out = span;
+            return d;
+        }
+        span += (t->sizes[d] - 1) * t->strides[d];
+    }
+    return -1;
+}
+
+/*
+ * What every view must satisfy whatever its role: non-negative strides, an element count and a
+ * byte extent that int64 / ptrdiff_t can hold, data where there are elements, no wrap past the
+ * end of the address space; and for outputs, no two elements at one address.
+ */
+static neat_status neat_check_layout(const char *fn, const char *name, const neat_tensor *t,
+                                     int is_output)
+{
+    char shape[160], strides[160];
+    if (t->ndim < 0 || t->ndim > NEAT_MAX_DIMS)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                              "%s: %s has ndim %d; a view has 0..%d dims", fn, name,
+                              (int)t->ndim, NEAT_MAX_DIMS);
+    neat_dims_str(t->sizes, t->ndim, shape, sizeof shape);
+    neat_dims_str(t->strides, t->ndim, strides, sizeof strides);
+    for (int32_t d = 0; d < t->ndim; d++) {
+        if (t->sizes[d] < 0)
+            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                                  "%s: %s has size %lld in dim %d; sizes must be >= 0", fn, name,
+                                  (long long)t->sizes[d], (int)d);
+        if (t->strides[d] < 0)
+            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                                  "%s: %s has stride %lld in dim %d; strides must be >= 0", fn,
+                                  name, (long long)t->strides[d], (int)d);
+    }
+    int64_t numel = 1;
+    for (int32_t d = 0; d < t->ndim; d++)
+        if (__builtin_mul_overflow(numel, t->sizes[d], &numel))
+            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                                  "%s: %s has shape %s, more elements than int64 can count "
+                                  "(the limit is %lld)",
+                                  fn, name, shape, (long long)INT64_MAX);
+    /* checked even for empty views: kernels may still form pointers from their strides */
+    int64_t bytes;
+    if (!neat_extent_bytes(t, &bytes))
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                              "%s: %s with shape %s and strides %s spans more bytes than a "
+                              "pointer difference can hold (the limit is PTRDIFF_MAX = %lld "
+                              "bytes from data to the end of the last element)",
+                              fn, name, shape, strides, (long long)neat_max_view_bytes);
+    if (numel > 0 && !t->data)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                              "%s: %s has %lld elements but its data pointer is NULL", fn, name,
+                              (long long)numel);
+    if (numel > 0 && (uintptr_t)t->data > UINTPTR_MAX - (uintptr_t)bytes)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                              "%s: %s spans %lld bytes from its data pointer %p, past the end of "
+                              "the address space",
+                              fn, name, (long long)bytes, t->data);
+    /* an empty view has no elements to overlap, whatever its strides say */
+    if (is_output && numel > 0) {
+        int64_t span = 0;
+        int32_t d = neat_aliasing_dim(t, &span);
+        if (d >= 0 && t->strides[d] == 0)
+            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                                  "%s: output %s has stride 0 in dim %d of size %lld; an output's "
+                                  "elements must not overlap",
+                                  fn, name, (int)d, (long long)t->sizes[d]);
+        if (d >= 0)
+            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                                  "%s: output %s with shape %s and strides %s has overlapping "
+                                  "elements: dim %d has stride %lld but the dims of smaller "
+                                  "stride already span %lld elements; an output's elements must "
+                                  "not overlap (sorted by stride, each stride must exceed that "
+                                  "span)",
+                                  fn, name, shape, strides, (int)d, (long long)t->strides[d],
+                                  (long long)span);
+    }
+    return NEAT_OK;
+}
+
 /*
  * Checks one view: presence, rank, sizes against expect (-1: any), device, dtype (by role),
- * strides and data. desc is how the expected shape is explained in the message.
+ * then its layout (neat_check_layout). desc is how the expected shape is explained in the
+ * message.
  */
 static neat_status neat_check_view(const char *fn, const char *name, const neat_tensor *t,
                                    int32_t ndim, const int64_t *expect, const char *desc,
@@ -68,7 +222,7 @@ static neat_status neat_check_view(const char *fn, const char *name, const neat_
         return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
                               "%s: %s must be %d-D with shape %s; got a %d-D view", fn, name,
                               ndim, desc, t->ndim);
-    neat_shape_str(t, got, sizeof got);
+    neat_dims_str(t->sizes, t->ndim, got, sizeof got);
     for (int32_t d = 0; d < ndim; d++)
         if (t->sizes[d] < 0 || (expect[d] >= 0 && t->sizes[d] != expect[d]))
             return neat_set_error(NEAT_ERR_INVALID_ARGUMENT, "%s: %s must have shape %s; got %s",
@@ -99,41 +253,48 @@ static neat_status neat_check_view(const char *fn, const char *name, const neat_
                               fn, name, neat_dtype_name(t->dtype),
                               neat_dtype_name(p->param_dtype), role == NEAT_ROLE_EITHER ? ", G" : "");
     }
-    int64_t numel = 1;
-    for (int32_t d = 0; d < ndim; d++) numel *= t->sizes[d];
-    for (int32_t d = 0; d < ndim; d++) {
-        if (t->strides[d] < 0)
-            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
-                                  "%s: %s has stride %lld in dim %d; strides must be >= 0", fn,
-                                  name, (long long)t->strides[d], (int)d);
-        /* an empty view has no elements to overlap, whatever its strides say */
-        if (is_output && numel > 0 && t->strides[d] == 0 && t->sizes[d] > 1)
-            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
-                                  "%s: output %s has stride 0 in dim %d of size %lld; an output's "
-                                  "elements must not overlap",
-                                  fn, name, (int)d, (long long)t->sizes[d]);
-    }
-    if (numel > 0 && !t->data)
+    return neat_check_layout(fn, name, t, is_output);
+}
+
+/*
+ * The kernels size their workspace and index their buffers with int64 and size_t products of
+ * two problem dims (G is r x d_in, U is N x r, the GEMM pack buffers scale with r, ...), times
+ * the element size, summed over a few buffers and up to NEAT_MAX_THREADS lanes. Capping every
+ * such product at NEAT_MAX_MATRIX_ELEMS keeps all of that arithmetic far from overflow.
+ */
+static neat_status neat_check_matrix(const char *fn, const char *who, const char *what,
+                                     int64_t rows, int64_t cols)
+{
+    int64_t n;
+    if (__builtin_mul_overflow(rows, cols, &n) || n > NEAT_MAX_MATRIX_ELEMS)
         return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
-                              "%s: %s has %lld elements but its data pointer is NULL", fn, name,
-                              (long long)numel);
+                              "%s: %s: %s = (%lld, %lld) has more than 2^%d = %lld elements, "
+                              "the limit for any matrix a call reads, writes or forms",
+                              fn, who, what, (long long)rows, (long long)cols,
+                              NEAT_MAX_MATRIX_LOG2, (long long)NEAT_MAX_MATRIX_ELEMS);
     return NEAT_OK;
 }
 
-/* The byte range a view can touch; empty when it has no elements. */
+/* The byte range [lo, hi) a view can touch; lo == hi when it has no elements. A view whose
+ * range cannot be represented (never one that passed neat_check_layout) gets the whole address
+ * space, so it is taken to overlap everything rather than nothing. */
 static void neat_byte_range(const neat_tensor *t, uintptr_t *lo, uintptr_t *hi)
 {
-    size_t es = t->dtype == NEAT_FLOAT64 ? 8 : t->dtype == NEAT_FLOAT32 ? 4 : 2;
-    int64_t last = 0;
-    for (int32_t d = 0; d < t->ndim && d < NEAT_MAX_DIMS; d++) {
-        if (t->sizes[d] <= 0) {
-            *lo = *hi = 0;
+    int64_t bytes;
+    *lo = *hi = 0;
+    if (t->ndim < 0 || t->ndim > NEAT_MAX_DIMS) {
+        *hi = UINTPTR_MAX;
+        return;
+    }
+    for (int32_t d = 0; d < t->ndim; d++)
+        if (t->sizes[d] == 0)
             return;
-        }
-        last += (t->sizes[d] - 1) * t->strides[d];
+    if (!neat_extent_bytes(t, &bytes) || (uintptr_t)t->data > UINTPTR_MAX - (uintptr_t)bytes) {
+        *hi = UINTPTR_MAX;
+        return;
     }
     *lo = (uintptr_t)t->data;
-    *hi = *lo + (uintptr_t)(last + 1) * es;
+    *hi = *lo + (uintptr_t)bytes;
 }
 
 typedef struct neat_named {
@@ -210,11 +371,16 @@ static neat_status neat_check_args(const char *fn, const neat_args *args, int wi
     p->d_in = W->sizes[1];
     p->dtype = W->dtype;
     if (W->device.type == NEAT_DEVICE_CPU) {
-        if (W->dtype != NEAT_FLOAT32 && W->dtype != NEAT_FLOAT64)
+        if (neat_is_half(W->dtype))
             return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
                                   "%s: weight has dtype %s; on CPU the dtypes are float32 and "
                                   "float64",
                                   fn, neat_dtype_name(W->dtype));
+        if (W->dtype != NEAT_FLOAT32 && W->dtype != NEAT_FLOAT64)
+            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                                  "%s: weight has dtype %d, not a neat_dtype; on CPU the dtypes "
+                                  "are float32 and float64",
+                                  fn, (int)W->dtype);
     } else if (W->device.type == NEAT_DEVICE_CUDA) {
         if (W->dtype != NEAT_FLOAT32 && W->dtype != NEAT_FLOAT64 && !neat_is_half(W->dtype))
             return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
@@ -230,6 +396,13 @@ static neat_status neat_check_args(const char *fn, const neat_args *args, int wi
                               "%s: weight has device type %d; expected cpu (0) or cuda (1)", fn,
                               (int)W->device.type);
     }
+    /* weight is the reference the others are compared with, but its own layout gets the same
+     * checks as theirs: the kernels read it just the same */
+    snprintf(desc, sizeof desc, "(d_out, d_in) = (%lld, %lld)", (long long)p->d_out,
+             (long long)p->d_in);
+    NEAT_TRY(neat_check_view(fn, "weight", W, 2, (const int64_t[]){p->d_out, p->d_in}, desc, 0,
+                             NEAT_ROLE_BASE, p));
+    NEAT_TRY(neat_check_matrix(fn, "weight", "(d_out, d_in)", p->d_out, p->d_in));
 
     const neat_tensor *A = args->A;
     if (!A)
@@ -261,6 +434,10 @@ static neat_status neat_check_args(const char *fn, const neat_args *args, int wi
              (long long)p->d_out, (long long)p->d_out, (long long)p->d_in);
     NEAT_TRY(neat_check_view(fn, "A", A, 2, (const int64_t[]){-1, p->d_out}, desc, 0,
                              NEAT_ROLE_PARAM, p));
+    NEAT_TRY(neat_check_matrix(fn, "A", "(r, d_out)", p->r, p->d_out));
+    NEAT_TRY(neat_check_matrix(fn, "A and weight", "G's shape (r, d_in)", p->r, p->d_in));
+    /* bounds r itself (to 2^20), which the GEMM pack buffers scale with, hidden layers or not */
+    NEAT_TRY(neat_check_matrix(fn, "A", "a hidden layer's shape (r, r)", p->r, p->r));
 
     p->N = 0;
     if (args->x || need_x_B) {
@@ -269,6 +446,9 @@ static neat_status neat_check_args(const char *fn, const neat_args *args, int wi
         NEAT_TRY(neat_check_view(fn, "x", args->x, 2, (const int64_t[]){-1, p->d_in}, desc, 0,
                                  NEAT_ROLE_BASE, p));
         p->N = args->x->sizes[0];
+        NEAT_TRY(neat_check_matrix(fn, "x", "(N, d_in)", p->N, p->d_in));
+        NEAT_TRY(neat_check_matrix(fn, "x and weight", "y's shape (N, d_out)", p->N, p->d_out));
+        NEAT_TRY(neat_check_matrix(fn, "x and A", "U's shape (N, r)", p->N, p->r));
     }
     if (args->B || need_x_B) {
         snprintf(desc, sizeof desc, "(d_out, r) = (%lld, %lld) to match weight and A",
@@ -328,6 +508,26 @@ neat_status neat_validate_forward(const char *fn, const neat_tensor *y, const ne
     return NEAT_OK;
 }
 
+/* The requested gradients of grads, with their argument names. */
+static int neat_grad_outputs(const neat_grads *grads, const neat_args *args, neat_named *outs,
+                             char names[][24])
+{
+    int n = 0;
+    const neat_named gs[] = {{"dx", grads->dx}, {"dweight", grads->dweight},
+                             {"dbias", grads->dbias}, {"dA", grads->dA}, {"dB", grads->dB}};
+    for (int i = 0; i < 5; i++)
+        if (gs[i].t)
+            outs[n++] = gs[i];
+    for (int32_t i = 0; grads->dhidden && i < args->num_hidden; i++) {
+        if (!grads->dhidden[i].data)
+            continue; /* not requested */
+        snprintf(names[i], sizeof names[i], "dhidden[%d]", (int)i);
+        outs[n].name = names[i];
+        outs[n++].t = &grads->dhidden[i];
+    }
+    return n;
+}
+
 neat_status neat_validate_backward(const char *fn, const neat_grads *grads, const neat_tensor *dy,
                                    const neat_args *args, int with_base, neat_problem *p)
 {
@@ -382,21 +582,10 @@ neat_status neat_validate_backward(const char *fn, const neat_grads *grads, cons
     }
     neat_named ins[6 + NEAT_MAX_HIDDEN], outs[5 + NEAT_MAX_HIDDEN];
     char names[NEAT_MAX_HIDDEN][24], dnames[NEAT_MAX_HIDDEN][24];
-    int n_in = neat_inputs(args, ins, names), n_out = 0;
+    int n_in = neat_inputs(args, ins, names);
     if (dy)
         ins[n_in].name = "dy", ins[n_in++].t = dy;
-    const neat_named gs[] = {{"dx", grads->dx}, {"dweight", grads->dweight},
-                             {"dbias", grads->dbias}, {"dA", grads->dA}, {"dB", grads->dB}};
-    for (int i = 0; i < 5; i++)
-        if (gs[i].t)
-            outs[n_out++] = gs[i];
-    for (int32_t i = 0; grads->dhidden && i < args->num_hidden; i++) {
-        if (!grads->dhidden[i].data)
-            continue;
-        snprintf(dnames[i], sizeof dnames[i], "dhidden[%d]", (int)i);
-        outs[n_out].name = dnames[i];
-        outs[n_out++].t = &grads->dhidden[i];
-    }
+    int n_out = neat_grad_outputs(grads, args, outs, dnames);
     /* a workspace query (dy == NULL) has no buffers worth comparing yet */
     if (dy)
         NEAT_TRY(neat_check_overlap(fn, outs, n_out, ins, n_in));
@@ -419,6 +608,58 @@ neat_status neat_validate_compute_g(const char *fn, const neat_tensor *G, const 
         char names[NEAT_MAX_HIDDEN][24];
         int n_in = neat_inputs(args, ins, names);
         NEAT_TRY(neat_check_overlap(fn, &out, 1, ins, n_in));
+    }
+    return NEAT_OK;
+}
+
+neat_status neat_validate_exec(const char *fn, const neat_exec *exec)
+{
+    if (exec && exec->num_threads > NEAT_MAX_THREADS)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                              "%s: exec->num_threads is %d; at most %d lanes are supported (the "
+                              "workspace holds scratch for each)",
+                              fn, (int)exec->num_threads, NEAT_MAX_THREADS);
+    return NEAT_OK;
+}
+
+/*
+ * The kernels write the workspace while they read the inputs and before or while they write
+ * the outputs, so any shared byte would corrupt one of them. The whole range the caller hands
+ * over counts, not only the bytes this call happens to use: the library may use all of it.
+ */
+neat_status neat_validate_workspace(const char *fn, const void *workspace, size_t workspace_bytes,
+                                    const neat_args *args, const neat_tensor *dy,
+                                    const char *out_name, const neat_tensor *out,
+                                    const neat_grads *grads)
+{
+    if (!workspace || workspace_bytes == 0)
+        return NEAT_OK;
+    uintptr_t lo = (uintptr_t)workspace;
+    if (workspace_bytes > UINTPTR_MAX - lo)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                              "%s: workspace of %zu bytes at %p runs past the end of the address "
+                              "space",
+                              fn, workspace_bytes, workspace);
+    uintptr_t hi = lo + workspace_bytes;
+    neat_named ins[6 + NEAT_MAX_HIDDEN], outs[6 + NEAT_MAX_HIDDEN];
+    char names[NEAT_MAX_HIDDEN][24], dnames[NEAT_MAX_HIDDEN][24];
+    int n_in = neat_inputs(args, ins, names), n_out = 0;
+    if (dy)
+        ins[n_in].name = "dy", ins[n_in++].t = dy;
+    if (out)
+        outs[n_out].name = out_name, outs[n_out++].t = out;
+    if (grads)
+        n_out += neat_grad_outputs(grads, args, outs + n_out, dnames);
+    for (int j = 0; j < n_in + n_out; j++) {
+        const neat_named *o = j < n_in ? &ins[j] : &outs[j - n_in];
+        uintptr_t lo2, hi2;
+        neat_byte_range(o->t, &lo2, &hi2);
+        if (lo2 != hi2 && lo < hi2 && lo2 < hi)
+            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                                  "%s: workspace (%zu bytes at %p) shares memory with %s %s; the "
+                                  "workspace must not overlap any tensor of the call",
+                                  fn, workspace_bytes, workspace, j < n_in ? "input" : "output",
+                                  o->name);
     }
     return NEAT_OK;
 }

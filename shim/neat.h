@@ -18,6 +18,16 @@
  *   - scratch memory is "ask the size, caller allocates" (the *_workspace_size functions); the
  *     size depends on the shapes and on exec->num_threads, so pass the same exec to the size
  *     query and to the call; results never depend on the thread count (bit for bit);
+ *   - the workspace passed to a compute call, all of [workspace, workspace + workspace_bytes)
+ *     (the library may use any of it, not only the size the query reported), must not share a
+ *     byte with any input, dy or output of that call (NEAT_ERR_INVALID_ARGUMENT, naming the
+ *     tensor); outputs must not share memory with inputs or each other either;
+ *   - limits (NEAT_ERR_INVALID_ARGUMENT beyond them): every matrix a call reads, writes or
+ *     forms, x (N, d_in), weight (d_out, d_in), y (N, d_out), A (r, d_out), G (r, d_in),
+ *     U (N, r) and (r, r), has at most 2^40 elements (so r <= 2^20); a view's bytes from its
+ *     data pointer to the end of its last element fit in PTRDIFF_MAX and do not wrap the
+ *     address space; exec->num_threads <= 65536. They keep every size and offset the library
+ *     computes far from integer overflow;
  *   - every function returns a neat_status; neat_last_error() holds a thread-local message
  *     naming the offending argument;
  *   - CPU parallelism goes through an optional parallel-for hook in neat_exec, CUDA work
@@ -78,13 +88,20 @@ typedef struct neat_device {
     int32_t index; /* CUDA ordinal; 0 on CPU */
 } neat_device;
 
-/* A non-owning strided view. data may be NULL only when the view has zero elements. */
+/*
+ * A non-owning strided view. data may be NULL only when the view has zero elements. Every view
+ * (weight included) needs 0..NEAT_MAX_DIMS dims (each entry point fixes the rank), sizes and
+ * strides >= 0, and a byte extent that fits in PTRDIFF_MAX (see the limits above). Inputs may
+ * repeat elements (stride 0 broadcasts, overlapping strides); an output may not: sorted by
+ * stride, each dim of size > 1 must have a stride larger than the span of the dims with smaller
+ * strides (every fresh or sliced PyTorch tensor satisfies this).
+ */
 typedef struct neat_tensor {
     void *data;
     neat_dtype dtype;
     int32_t ndim;
     int64_t sizes[NEAT_MAX_DIMS];
-    int64_t strides[NEAT_MAX_DIMS]; /* in elements, may be any non-negative value */
+    int64_t strides[NEAT_MAX_DIMS]; /* in elements, >= 0; for outputs, no two elements alias */
     neat_device device;
 } neat_tensor;
 
@@ -139,7 +156,8 @@ typedef void (*neat_parallel_for_fn)(int64_t begin, int64_t end, int64_t grain,
 typedef struct neat_exec {
     neat_parallel_for_fn parallel_for; /* NULL: run sequentially */
     void *parallel_user;               /* passed back to parallel_for */
-    int32_t num_threads;               /* most chunks parallel_for runs at once; <= 0 means 1 */
+    int32_t num_threads;               /* most chunks parallel_for runs at once; <= 0 means 1;
+                                          at most 65536 */
     void *stream;                      /* cudaStream_t for CUDA calls; ignored on CPU */
 } neat_exec;
 

@@ -1,7 +1,9 @@
 /*
  * test_errors.c - every validation rule returns its status and a message naming the argument;
  * a short workspace gives NEAT_ERR_WORKSPACE; CUDA tensors in a CPU-only build give
- * NEAT_ERR_UNSUPPORTED; plus the small information functions.
+ * NEAT_ERR_UNSUPPORTED; hostile-but-well-formed views (overflowing sizes and strides, aliasing
+ * outputs, a workspace over a tensor, out-of-range enums) are refused without UB (the
+ * sanitizer build runs this); plus the small information functions.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -34,6 +36,443 @@ static neat_status bwd(int with_base, const neat_grads *g, const neat_tensor *dy
     static char ws[1 << 20];
     return with_base ? neat_linear_backward(g, dy, a, ws, sizeof ws, NULL)
                      : neat_adapter_backward(g, dy, a, ws, sizeof ws, NULL);
+}
+
+/* ---- hostile-but-well-formed views (external review of the C ABI) ---- */
+
+#define ENTRY_COUNT 10
+static const char *const entry_names[ENTRY_COUNT] = {
+    "linear forward size", "linear forward", "adapter forward size", "adapter forward",
+    "linear backward size", "linear backward", "adapter backward size", "adapter backward",
+    "compute_g size", "compute_g"};
+
+/* Runs public entry point `which` (entry_names) with a big enough workspace; the adapter ones
+ * get args without bias, since that is what they accept. */
+static neat_status call_entry(int which, const neat_args *args, neat_tensor *y, neat_tensor *G,
+                              const neat_grads *g, const neat_tensor *dy)
+{
+    static char ws[1 << 20];
+    neat_args a = *args;
+    size_t bytes = 0;
+    if (which >= 2 && which <= 3)
+        a.bias = NULL;
+    if (which >= 6 && which <= 7)
+        a.bias = NULL;
+    switch (which) {
+    case 0: return neat_linear_forward_workspace_size(&a, NULL, &bytes);
+    case 1: return neat_linear_forward(y, &a, ws, sizeof ws, NULL);
+    case 2: return neat_adapter_forward_workspace_size(&a, NULL, &bytes);
+    case 3: return neat_adapter_forward(y, &a, ws, sizeof ws, NULL);
+    case 4: return neat_linear_backward_workspace_size(g, &a, NULL, &bytes);
+    case 5: return neat_linear_backward(g, dy, &a, ws, sizeof ws, NULL);
+    case 6: return neat_adapter_backward_workspace_size(g, &a, NULL, &bytes);
+    case 7: return neat_adapter_backward(g, dy, &a, ws, sizeof ws, NULL);
+    case 8: return neat_compute_g_workspace_size(&a, NULL, &bytes);
+    default: return neat_compute_g(G, &a, ws, sizeof ws, NULL);
+    }
+}
+
+/* Every entry point, size queries included, rejects the args with the same message. */
+static void expect_all_entries(layer *l, const neat_args *a, const char *needle, const char *what)
+{
+    neat_dtype dt = l->spec.dtype;
+    tbuf y = tb_make(dt, l->spec.N, l->spec.d_out, 0, NULL, 0);
+    tbuf G = tb_make(dt, l->spec.r, l->spec.d_in, 0, NULL, 0);
+    tbuf dA = tb_make(dt, l->spec.r, l->spec.d_out, 0, NULL, 0);
+    neat_grads g = {0};
+    g.dA = &dA.t;
+    for (int e = 0; e < ENTRY_COUNT; e++) {
+        char label[160];
+        snprintf(label, sizeof label, "%s (%s)", what, entry_names[e]);
+        expect(call_entry(e, a, &y.t, &G.t, &g, &l->tdy.t), INVALID, needle, label);
+    }
+    /* and the same args minus the defect pass everywhere (the defect is what is rejected) */
+    for (int e = 0; e < ENTRY_COUNT; e++)
+        CHECK(call_entry(e, &l->args, &y.t, &G.t, &g, &l->tdy.t) == NEAT_OK, "%s: valid %s: %s",
+              what, entry_names[e], neat_last_error());
+    tb_free(&y), tb_free(&G), tb_free(&dA);
+}
+
+/* 1. weight gets the per-view checks every other tensor gets, at every entry point. */
+static void test_weight_view(layer *l)
+{
+    neat_args a = l->args;
+    neat_tensor w = l->tW.t;
+    a.weight = &w;
+    w.data = NULL;
+    expect_all_entries(l, &a, "weight has 1961 elements but its data pointer is NULL",
+                       "weight data NULL");
+    w = l->tW.t, w.strides[1] = -1;
+    expect_all_entries(l, &a, "weight has stride -1 in dim 1", "weight negative stride");
+    w = l->tW.t, w.strides[0] = -37;
+    expect_all_entries(l, &a, "weight has stride -37 in dim 0", "weight negative row stride");
+    w = l->tW.t, w.strides[0] = (int64_t)1 << 62;
+    expect_all_entries(l, &a, "weight with shape (53, 37) and strides (4611686018427387904, 1) "
+                              "spans more bytes than a pointer difference can hold",
+                       "weight huge stride");
+    /* the offset fits in int64 but its byte count does not */
+    w = l->tW.t, w.strides[0] = ((int64_t)1 << 62) / 52;
+    expect_all_entries(l, &a, "weight with shape", "weight byte extent overflow");
+    w = l->tW.t, w.sizes[0] = (int64_t)1 << 62, w.strides[0] = 37;
+    expect_all_entries(l, &a, "weight has shape (4611686018427387904, 37), more elements than "
+                              "int64 can count",
+                       "weight sizes near 2^62");
+    /* a broadcast weight's bytes are tiny, but d_out * d_in would overflow the kernels */
+    w = l->tW.t, w.sizes[0] = w.sizes[1] = (int64_t)1 << 31, w.strides[0] = w.strides[1] = 0;
+    expect_all_entries(l, &a, "weight: (d_out, d_in) = (2147483648, 2147483648) has more than "
+                              "2^40",
+                       "weight d_out * d_in over the limit");
+    w = l->tW.t, w.data = (void *)(UINTPTR_MAX - 15);
+    expect_all_entries(l, &a, "weight spans 7844 bytes from its data pointer", "weight wraps");
+    w = l->tW.t, w.ndim = -1;
+    expect_all_entries(l, &a, "weight must be 2-D", "weight ndim -1");
+    w = l->tW.t, w.ndim = 1000;
+    expect_all_entries(l, &a, "weight must be 2-D", "weight ndim 1000");
+    w = l->tW.t, w.dtype = (neat_dtype)77;
+    expect_all_entries(l, &a, "weight has dtype 77, not a neat_dtype", "weight dtype 77");
+    w = l->tW.t, w.dtype = (neat_dtype)-1;
+    expect_all_entries(l, &a, "weight has dtype -1, not a neat_dtype", "weight dtype -1");
+    w = l->tW.t, w.device.type = (neat_device_type)5;
+    expect_all_entries(l, &a, "weight has device type 5", "weight device 5");
+    w = l->tW.t, w.device.type = NEAT_DEVICE_CUDA, w.device.index = -1;
+    expect_all_entries(l, &a, "weight is on cuda:-1", "weight cuda:-1");
+    w = l->tW.t, w.device.type = NEAT_DEVICE_CUDA, w.dtype = (neat_dtype)77;
+    expect_all_entries(l, &a, "weight has dtype 77", "weight cuda dtype 77");
+    /* weight is an input: an output on top of it is refused */
+    tbuf y = tb_make(l->spec.dtype, 5, 53, 0, NULL, 0);
+    neat_tensor yw = y.t;
+    yw.data = l->tW.t.data;
+    expect(fwd(&yw, &l->args), INVALID, "output y shares memory with input weight",
+           "y overlaps weight");
+    tb_free(&y);
+}
+
+/* 2. sizes and strides whose arithmetic would overflow int64: rejected without UB (UBSan). */
+static void test_overflow(layer *l)
+{
+    neat_dtype dt = l->spec.dtype;
+    size_t bytes;
+    neat_args a = l->args;
+    neat_tensor x = l->tx.t;
+    a.x = &x;
+    x.strides[0] = (int64_t)1 << 62;
+    expect(neat_linear_forward_workspace_size(&a, NULL, &bytes), INVALID,
+           "x with shape (5, 37) and strides (4611686018427387904, 1)", "x huge stride (size)");
+    x = l->tx.t, x.strides[0] = INT64_MAX;
+    expect(bwd(1, &(neat_grads){0}, &l->tdy.t, &a), INVALID, "x with shape",
+           "x INT64_MAX stride (backward)");
+    x = l->tx.t, x.sizes[0] = (int64_t)1 << 62, x.strides[0] = 0;
+    expect(neat_linear_forward_workspace_size(&a, NULL, &bytes), INVALID,
+           "x has shape (4611686018427387904, 37), more elements than int64", "x N = 2^62");
+    /* the element count fits int64, the matrix limit does not */
+    x.sizes[0] = (int64_t)1 << 40;
+    expect(neat_linear_forward_workspace_size(&a, NULL, &bytes), INVALID,
+           "x: (N, d_in) = (1099511627776, 37) has more than 2^40 = 1099511627776 elements",
+           "N * d_in over the limit");
+    /* N * d_in fits, but y = (N, d_out) would not */
+    x.sizes[0] = ((int64_t)1 << 40) / 40;
+    expect(neat_linear_forward_workspace_size(&a, NULL, &bytes), INVALID,
+           "x and weight: y's shape (N, d_out)", "N * d_out over the limit");
+    expect(neat_adapter_backward_workspace_size(&(neat_grads){0}, &(neat_args){
+                                                    .x = &x, .weight = a.weight, .A = a.A,
+                                                    .B = a.B, .hidden = a.hidden,
+                                                    .num_hidden = a.num_hidden,
+                                                    .activation = a.activation,
+                                                    .scale = a.scale},
+                                                NULL, &bytes),
+           INVALID, "x and weight", "N * d_out over the limit (adapter backward size)");
+    /* r = 2^21: r * d_out is small, but r * r (and the GEMM pack buffers) would not be */
+    neat_tensor A = l->tA.t;
+    a = l->args, a.A = &A;
+    A.sizes[0] = (int64_t)1 << 21, A.strides[0] = 0;
+    expect(neat_compute_g_workspace_size(&a, NULL, &bytes), INVALID,
+           "A: a hidden layer's shape (r, r) = (2097152, 2097152)", "r over 2^20");
+    A.sizes[0] = (int64_t)1 << 62;
+    expect(neat_compute_g_workspace_size(&a, NULL, &bytes), INVALID,
+           "A has shape (4611686018427387904, 53), more elements than int64", "r near 2^62");
+    /* an output whose extent overflows, and one that runs off the address space */
+    tbuf y = tb_make(dt, 5, 53, 0, NULL, 0);
+    neat_tensor yv = y.t;
+    yv.strides[1] = (int64_t)1 << 61;
+    expect(fwd(&yv, &l->args), INVALID, "y with shape (5, 53) and strides (53, 2305843009213693952)",
+           "y huge stride");
+    yv = y.t, yv.data = (void *)(UINTPTR_MAX - 64);
+    expect(fwd(&yv, &l->args), INVALID, "y spans 1060 bytes from its data pointer",
+           "y wraps the address space");
+    /* empty views are checked too: kernels may still form pointers from their strides */
+    x = l->tx.t, x.sizes[0] = 0, x.strides[1] = INT64_MAX;
+    a = l->args, a.x = &x;
+    expect(neat_linear_forward_workspace_size(&a, NULL, &bytes), INVALID, "x with shape (0, 37)",
+           "empty x with overflowing stride");
+    /* a huge thread count would scale the workspace past size_t */
+    neat_exec ex = {NULL, NULL, INT32_MAX, NULL};
+    expect(neat_linear_forward_workspace_size(&l->args, &ex, &bytes), INVALID,
+           "exec->num_threads is 2147483647; at most 65536", "num_threads INT32_MAX (size)");
+    expect(neat_linear_forward(&y.t, &l->args, NULL, 0, &ex), INVALID, "exec->num_threads",
+           "num_threads INT32_MAX (forward)");
+    expect(neat_compute_g_workspace_size(&l->args, &ex, &bytes), INVALID, "exec->num_threads",
+           "num_threads INT32_MAX (compute_g size)");
+    ex.num_threads = 65536;
+    CHECK(neat_linear_forward_workspace_size(&l->args, &ex, &bytes) == NEAT_OK,
+          "num_threads 65536 is accepted: %s", neat_last_error());
+    tb_free(&y);
+}
+
+/* 3. outputs whose elements alias each other; inputs may. */
+static void test_output_aliasing(layer *l)
+{
+    neat_dtype dt = l->spec.dtype;
+    tbuf y = tb_make(dt, 5, 53, 0, NULL, 0);
+    neat_tensor yv = y.t;
+    yv.strides[0] = 1, yv.strides[1] = 1;
+    expect(fwd(&yv, &l->args), INVALID,
+           "output y with shape (5, 53) and strides (1, 1) has overlapping elements", "y (1, 1)");
+    yv = y.t, yv.strides[0] = 52; /* row i + 1 starts on row i's last element */
+    expect(fwd(&yv, &l->args), INVALID, "output y with shape (5, 53) and strides (52, 1)",
+           "y rows overlap by one");
+    yv = y.t, yv.strides[0] = 0;
+    expect(fwd(&yv, &l->args), INVALID, "output y has stride 0 in dim 0", "y row stride 0");
+    /* the smallest non-aliasing layouts are fine, whichever dim is inner */
+    yv = y.t, yv.strides[0] = 1, yv.strides[1] = 5;
+    CHECK(fwd(&yv, &l->args) == NEAT_OK, "transposed y: %s", neat_last_error());
+    /* a dim of size 1 never aliases, whatever its stride */
+    {
+        neat_args a = l->args;
+        neat_tensor x1 = l->tx.t, y1 = y.t;
+        x1.sizes[0] = 1, y1.sizes[0] = 1, y1.strides[0] = 0;
+        a.x = &x1;
+        CHECK(fwd(&y1, &a) == NEAT_OK, "1-row y with row stride 0: %s", neat_last_error());
+    }
+    /* inputs may overlap themselves (broadcasts, sliding windows) */
+    {
+        neat_args a = l->args;
+        neat_tensor xo = l->tx.t;
+        xo.strides[0] = 1, xo.strides[1] = 1;
+        a.x = &xo;
+        CHECK(fwd(&y.t, &a) == NEAT_OK, "x with strides (1, 1): %s", neat_last_error());
+        xo.strides[0] = 0;
+        CHECK(fwd(&y.t, &a) == NEAT_OK, "x with strides (0, 1): %s", neat_last_error());
+    }
+    /* a literal 2 x 2 output with strides (1, 1) */
+    {
+        layer_spec s2 = {2, 3, 2, 1, NEAT_ACT_RELU, 0, 1, dt, 0, 0, 0, 1.0, 11};
+        layer l2;
+        layer_init(&l2, &s2);
+        tbuf y2 = tb_make(dt, 2, 2, 0, NULL, 0);
+        neat_tensor v = y2.t;
+        v.strides[0] = 1, v.strides[1] = 1;
+        expect(fwd(&v, &l2.args), INVALID, "output y with shape (2, 2) and strides (1, 1)",
+               "2x2 y (1, 1)");
+        CHECK(fwd(&y2.t, &l2.args) == NEAT_OK, "2x2 y contiguous: %s", neat_last_error());
+        tb_free(&y2);
+        layer_free(&l2);
+    }
+    /* every output of backward and compute_g gets the same rule */
+    tbuf dx = tb_make(dt, 5, 37, 0, NULL, 0), dW = tb_make(dt, 53, 37, 0, NULL, 0);
+    tbuf dA = tb_make(dt, 3, 53, 0, NULL, 0), dH = tb_make(dt, 3, 3, 0, NULL, 0);
+    tbuf G = tb_make(dt, 3, 37, 0, NULL, 0);
+    neat_tensor v = dx.t;
+    v.strides[0] = 1, v.strides[1] = 1;
+    neat_grads g = {0};
+    g.dx = &v;
+    expect(bwd(1, &g, &l->tdy.t, &l->args), INVALID, "output dx with shape (5, 37) and strides (1, 1)",
+           "dx (1, 1)");
+    size_t bytes;
+    expect(neat_linear_backward_workspace_size(&g, &l->args, NULL, &bytes), INVALID,
+           "output dx", "dx (1, 1) in the size query");
+    v = dW.t, v.strides[0] = 36;
+    g = (neat_grads){0}, g.dweight = &v;
+    expect(bwd(1, &g, &l->tdy.t, &l->args), INVALID, "output dweight with shape (53, 37)",
+           "dweight rows overlap");
+    v = dA.t, v.strides[0] = 26, v.strides[1] = 2; /* odd rows land between even columns */
+    g = (neat_grads){0}, g.dA = &v;
+    expect(bwd(1, &g, &l->tdy.t, &l->args), INVALID, "output dA", "dA interleaved");
+    neat_tensor dhv[4] = {dH.t, dH.t, dH.t, dH.t};
+    for (int i = 0; i < 4; i++) dhv[i].data = NULL;
+    dhv[3] = dH.t, dhv[3].strides[0] = 2;
+    g = (neat_grads){0}, g.dhidden = dhv;
+    expect(bwd(1, &g, &l->tdy.t, &l->args), INVALID, "output dhidden[3]", "dhidden[3] overlap");
+    v = G.t, v.strides[0] = 1, v.strides[1] = 1;
+    expect(call_compute_g(&v, &l->args, NULL), INVALID, "output G with shape (3, 37)",
+           "G (1, 1)");
+    tb_free(&y), tb_free(&dx), tb_free(&dW), tb_free(&dA), tb_free(&dH), tb_free(&G);
+}
+
+/*
+ * A buffer of need + b's storage bytes holding a copy of b's storage at byte `at` (< need for
+ * an overlap): used as a workspace of `need` bytes it overlaps that one view and no other
+ * tensor of the call, whatever the heap layout. *moved is b's view at its new place.
+ */
+static char *arena_holding(const tbuf *b, size_t need, size_t at, neat_tensor *moved)
+{
+    size_t sz = (size_t)b->storage_elems * sizeof(float); /* the error test runs float32 */
+    char *arena = xmalloc(need + sz);
+    memcpy(arena + at, b->storage, sz);
+    *moved = b->t;
+    moved->data = arena + at;
+    return arena;
+}
+
+/* 4. a workspace that shares bytes with an input or an output. */
+static void test_workspace_overlap(layer *l)
+{
+    neat_dtype dt = l->spec.dtype;
+    size_t need = 0;
+    neat_tensor mv;
+    char *arena;
+    neat_args a;
+    tbuf y = tb_make(dt, 5, 53, 0, NULL, 0);
+    CHECK(neat_linear_forward_workspace_size(&l->args, NULL, &need) == NEAT_OK && need >= 64,
+          "forward query");
+
+    arena = arena_holding(&l->tx, need, 0, &mv);
+    a = l->args, a.x = &mv;
+    expect(neat_linear_forward(&y.t, &a, arena, need, NULL), INVALID,
+           "workspace (", "forward workspace on x");
+    expect(neat_linear_forward(&y.t, &a, arena, need, NULL), INVALID,
+           "shares memory with input x", "forward workspace on x (name)");
+    free(arena);
+    /* one element of overlap at the workspace's end is enough */
+    arena = arena_holding(&l->tx, need, need - 4, &mv);
+    expect(neat_linear_forward(&y.t, &a, arena, need, NULL), INVALID,
+           "shares memory with input x", "workspace ends 4 bytes into x");
+    free(arena);
+    /* adjacency is not overlap; a bigger buffer than needed counts whole */
+    arena = arena_holding(&l->tx, need, need, &mv);
+    CHECK(neat_linear_forward(&y.t, &a, arena, need, NULL) == NEAT_OK,
+          "workspace right before x: %s", neat_last_error());
+    expect(neat_linear_forward(&y.t, &a, arena, need + 1, NULL), INVALID,
+           "shares memory with input x", "oversized workspace reaching x");
+    free(arena);
+
+    arena = arena_holding(&y, need, 0, &mv);
+    expect(neat_linear_forward(&mv, &l->args, arena, need, NULL), INVALID,
+           "shares memory with output y", "forward workspace on y");
+    a = l->args, a.bias = NULL;
+    expect(neat_adapter_forward(&mv, &a, arena, need, NULL), INVALID,
+           "shares memory with output y", "adapter forward workspace on y");
+    free(arena);
+    arena = arena_holding(&l->tW, need, 64, &mv);
+    a = l->args, a.weight = &mv;
+    expect(neat_linear_forward(&y.t, &a, arena, need, NULL), INVALID,
+           "shares memory with input weight", "forward workspace on weight");
+    free(arena);
+    {
+        neat_tensor hid[4] = {l->hidden[0], l->hidden[1], l->hidden[2], l->hidden[3]};
+        arena = arena_holding(&l->tH[2], need, 128, &hid[2]);
+        a = l->args, a.hidden = hid;
+        expect(neat_linear_forward(&y.t, &a, arena, need, NULL), INVALID,
+               "shares memory with input hidden[2]", "forward workspace on hidden[2]");
+        free(arena);
+    }
+    expect(neat_linear_forward(&y.t, &l->args, (void *)(UINTPTR_MAX - 63), need, NULL), INVALID,
+           "workspace of", "workspace wraps the address space");
+    expect(neat_linear_forward(&y.t, &l->args, (void *)(UINTPTR_MAX - 63), need, NULL), INVALID,
+           "runs past the end of the address space", "workspace wraps (message)");
+
+    tbuf dA = tb_make(dt, 3, 53, 0, NULL, 0), dx = tb_make(dt, 5, 37, 0, NULL, 0);
+    neat_grads g = {0};
+    g.dA = &dA.t, g.dx = &dx.t;
+    CHECK(neat_linear_backward_workspace_size(&g, &l->args, NULL, &need) == NEAT_OK,
+          "backward query");
+    arena = arena_holding(&l->tdy, need, 0, &mv);
+    expect(neat_linear_backward(&g, &mv, &l->args, arena, need, NULL), INVALID,
+           "shares memory with input dy", "backward workspace on dy");
+    free(arena);
+    arena = arena_holding(&l->tx, need, 0, &mv);
+    a = l->args, a.x = &mv;
+    expect(neat_linear_backward(&g, &l->tdy.t, &a, arena, need, NULL), INVALID,
+           "shares memory with input x", "backward workspace on x");
+    free(arena);
+    {
+        neat_grads g2 = g;
+        arena = arena_holding(&dA, need, 0, &mv);
+        g2.dA = &mv;
+        expect(neat_linear_backward(&g2, &l->tdy.t, &l->args, arena, need, NULL), INVALID,
+               "shares memory with output dA", "backward workspace on dA");
+        free(arena);
+        g2 = g;
+        arena = arena_holding(&dx, need, need - 4, &mv);
+        g2.dx = &mv;
+        expect(neat_linear_backward(&g2, &l->tdy.t, &l->args, arena, need, NULL), INVALID,
+               "shares memory with output dx", "backward workspace on dx");
+        free(arena);
+    }
+    a = l->args, a.bias = NULL;
+    CHECK(neat_adapter_backward_workspace_size(&g, &a, NULL, &need) == NEAT_OK,
+          "adapter backward query");
+    arena = arena_holding(&l->tB, need, 0, &mv);
+    a.B = &mv;
+    expect(neat_adapter_backward(&g, &l->tdy.t, &a, arena, need, NULL), INVALID,
+           "shares memory with input B", "adapter backward workspace on B");
+    free(arena);
+
+    tbuf G = tb_make(dt, 3, 37, 0, NULL, 0);
+    CHECK(neat_compute_g_workspace_size(&l->args, NULL, &need) == NEAT_OK, "compute_g query");
+    arena = arena_holding(&G, need, 0, &mv);
+    expect(neat_compute_g(&mv, &l->args, arena, need, NULL), INVALID,
+           "shares memory with output G", "compute_g workspace on G");
+    free(arena);
+    arena = arena_holding(&l->tA, need, 0, &mv);
+    a = l->args, a.A = &mv;
+    expect(neat_compute_g(&G.t, &a, arena, need, NULL), INVALID,
+           "shares memory with input A", "compute_g workspace on A");
+    free(arena);
+    tb_free(&y), tb_free(&dA), tb_free(&dx), tb_free(&G);
+}
+
+/* 5. enum and count fields out of range. */
+static void test_hostile_fields(layer *l)
+{
+    neat_args a;
+    neat_tensor x = l->tx.t;
+    a = l->args, a.x = &x;
+    tbuf y = tb_make(l->spec.dtype, 5, 53, 0, NULL, 0);
+    x.ndim = 9;
+    expect(fwd(&y.t, &a), INVALID, "x must be 2-D", "x ndim 9");
+    x.ndim = INT32_MIN;
+    expect(fwd(&y.t, &a), INVALID, "x must be 2-D", "x ndim INT32_MIN");
+    x = l->tx.t, x.sizes[0] = -1;
+    expect(fwd(&y.t, &a), INVALID, "x must have shape", "x size -1");
+    x = l->tx.t, x.dtype = (neat_dtype)77;
+    expect(fwd(&y.t, &a), INVALID, "x has dtype unknown dtype", "x dtype 77");
+    x = l->tx.t, x.device.type = (neat_device_type)7;
+    expect(fwd(&y.t, &a), INVALID, "x is on unknown:0", "x device 7");
+    neat_tensor yv = y.t;
+    yv.ndim = -3;
+    expect(fwd(&yv, &l->args), INVALID, "y must be 2-D", "y ndim -3");
+    a = l->args, a.num_hidden = -2, a.hidden = NULL;
+    expect(fwd(&y.t, &a), INVALID, "num_hidden must be even and in 0..8; got -2",
+           "num_hidden -2, hidden NULL");
+    a = l->args, a.num_hidden = INT32_MIN, a.hidden = NULL;
+    expect(fwd(&y.t, &a), INVALID, "num_hidden", "num_hidden INT32_MIN");
+    a = l->args, a.num_hidden = INT32_MAX;
+    expect(fwd(&y.t, &a), INVALID, "num_hidden", "num_hidden INT32_MAX");
+    a = l->args, a.num_hidden = 2, a.hidden = NULL;
+    expect(fwd(&y.t, &a), INVALID, "hidden must not be NULL when num_hidden = 2",
+           "num_hidden 2, hidden NULL");
+    neat_tensor hid[4] = {l->hidden[0], l->hidden[1], l->hidden[2], l->hidden[3]};
+    hid[2].data = NULL;
+    a = l->args, a.hidden = hid;
+    expect(fwd(&y.t, &a), INVALID, "hidden[2] has 9 elements but its data pointer is NULL",
+           "hidden[2] data NULL");
+    hid[2] = l->hidden[2], hid[2].strides[0] = (int64_t)1 << 62;
+    expect(fwd(&y.t, &a), INVALID, "hidden[2] with shape (3, 3)", "hidden[2] huge stride");
+    neat_tensor b = l->tb.t;
+    b.strides[0] = -1;
+    a = l->args, a.bias = &b;
+    expect(fwd(&y.t, &a), INVALID, "bias has stride -1", "bias negative stride");
+    a = l->args, a.activation = (neat_activation)-1;
+    expect(fwd(&y.t, &a), INVALID, "activation -1 is not a neat_activation", "activation -1");
+    a = l->args, a.activation = (neat_activation)(NEAT_ACT_IDENTITY + 1);
+    expect(fwd(&y.t, &a), INVALID, "activation 7 is not a neat_activation", "activation 7");
+    a = l->args, a.scale = -INFINITY;
+    expect(fwd(&y.t, &a), INVALID, "scale must be finite", "scale -inf");
+    a = l->args, a.activation = (neat_activation)99;
+    size_t bytes;
+    expect(neat_compute_g_workspace_size(&a, NULL, &bytes), INVALID, "activation 99",
+           "compute_g size activation");
+    tb_free(&y);
 }
 
 int main(void)
@@ -213,6 +652,13 @@ int main(void)
     CHECK(need8 >= need1, "workspace for 8 threads (%zu) smaller than for 1 (%zu)", need8, need1);
     expect(neat_linear_forward_workspace_size(&l.args, NULL, NULL), INVALID, "bytes",
            "bytes NULL");
+
+    /* hostile-but-well-formed views */
+    test_weight_view(&l);
+    test_overflow(&l);
+    test_output_aliasing(&l);
+    test_workspace_overlap(&l);
+    test_hostile_fields(&l);
 
     /* CUDA tensors */
     if (!neat_has_cuda()) {
