@@ -54,8 +54,11 @@ static neat_gemm_plan neat_gemm_make_plan(int64_t M, int64_t N, int64_t K, int64
     int64_t mt_min = neat_cdiv(M, MCMAX);
     int64_t best_mt = mt_min, best_nt = 1;
     double best = -1;
-    for (int64_t mt = mt_min; mt <= ms && mt <= mt_min * 4 * L; mt++) {
-        for (int64_t nt = 1; nt <= ns && nt <= 4 * L; nt++) {
+    /* the search is capped (512 x 512 grids) so that a huge lane count cannot make it slow */
+    int64_t mt_max = mt_min * 4 * L < mt_min + 511 ? mt_min * 4 * L : mt_min + 511;
+    int64_t nt_max = 4 * L < 512 ? 4 * L : 512;
+    for (int64_t mt = mt_min; mt <= ms && mt <= mt_max; mt++) {
+        for (int64_t nt = 1; nt <= ns && nt <= nt_max; nt++) {
             int64_t tiles = mt * nt;
             int64_t tm = neat_cdiv(ms, mt) * mr, tn = neat_cdiv(ns, nt) * nr;
             double per = (double)neat_cdiv(tiles, L) *
