@@ -13,11 +13,26 @@ Two ways in::
     torch_neat.peft.install()                                                      # every PEANuT layer
 
 PEFT's ``depth`` counts encoder layers: ``PeanutConfig(depth=d)`` is paper depth ``2 * d + 2``.
+
+Merged layers and the two codes. PEFT's merge keeps a copy of the original weight
+(``_base_weight_before_merge``) and its unmerge copies it back. torch-neat's merge keeps no copy:
+it records the factors of the delta (``_neat_merge_record``) and its unmerge subtracts them, restoring
+W bit for bit. A layer therefore holds exactly one of the two states while merged, and only the code
+that made it may unmerge it:
+
+* torch-neat's merge/unmerge of a layer merged by PEFT's code (merged before :func:`install` or
+  :func:`accelerate`) run PEFT's own code on PEFT's state, and keep it PEFT's until unmerged.
+* when PEFT's code takes over a layer merged by torch-neat (:func:`uninstall`), the layer stays merged
+  (same W, same ``merged_adapters``) and is handed over in PEFT's state: the original W, rebuilt
+  exactly from the record, becomes ``_base_weight_before_merge`` (a CPU copy, as PEFT keeps) and the
+  record is dropped. PEFT then unmerges to the original W bit for bit and merges further adapters
+  from the original W, as if it had merged the layer itself.
 """
 
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Any, Optional
 
 import torch
@@ -53,6 +68,8 @@ SUPPORTED_ACTIVATIONS: dict[str, str] = {
 _PATCHED_NAMES = ("forward", "merge", "unmerge", "get_delta_weight")
 _ORIGINAL = {name: PeanutLinear.__dict__[name] for name in _PATCHED_NAMES}
 _WARNED: set[str] = set()
+# layers holding a torch-neat merge record: the ones uninstall() may have to hand over to PEFT's code
+_MERGED_BY_NEAT: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
 def _warn_fallback(act_fn: str, stacklevel: int = 3) -> None:
@@ -172,6 +189,10 @@ def _neat_merge(self, safe_merge: bool = False, adapter_names: Optional[list[str
         return
     previous = list(self.merged_adapters)
     weight = self.get_base_layer().weight
+    if not previous:
+        # a copy PEFT left behind while unmerged (its merge of no adapter of this layer, or one that failed
+        # its safe check) is stale: this merge keeps the record instead, so that exactly one state exists
+        self._base_weight_before_merge = None
     if record is not None:
         # G depends on the original W, so take the merged adapters out and merge everything again
         unmerge_factors(weight, record)
@@ -191,6 +212,7 @@ def _neat_merge(self, safe_merge: bool = False, adapter_names: Optional[list[str
             f"NaNs detected in the merged weights. The adapter {', '.join(new)} seems to be broken"
         ) from None
     self.merged_adapters[:] = [*previous, *new]
+    _MERGED_BY_NEAT.add(self)
 
 
 def _neat_unmerge_silently(self) -> None:
@@ -198,6 +220,7 @@ def _neat_unmerge_silently(self) -> None:
     unmerge_factors(self.get_base_layer().weight, self._neat_merge_record)
     self._neat_merge_record = None
     self.merged_adapters.clear()
+    _MERGED_BY_NEAT.discard(self)
 
 
 def _neat_unmerge(self) -> None:
@@ -207,6 +230,41 @@ def _neat_unmerge(self) -> None:
         warnings.warn("Already unmerged. Nothing to do.")
         return
     _neat_unmerge_silently(self)
+
+
+@torch.no_grad()
+def _hand_over_to_peft(layer: PeanutLinear) -> None:
+    """Turns a layer merged by torch-neat into the state PEFT's own merge/unmerge expect; it stays merged.
+
+    The original W is rebuilt bit for bit from the record (on W's device, as the merge computed it) and
+    kept where PEFT keeps its copy; the record is dropped. No-op for a layer torch-neat has not merged.
+    """
+    record = layer.__dict__.get("_neat_merge_record")
+    if record is None:
+        return
+    original = layer.get_base_layer().weight.detach().clone()
+    unmerge_factors(original, record)
+    layer._base_weight_before_merge = original.cpu()
+    layer._neat_merge_record = None
+
+
+def _runs_neat(layer: PeanutLinear) -> bool:
+    return type(layer).unmerge is _neat_unmerge and type(layer).merge is _neat_merge
+
+
+def _neat_setstate(self, state: dict) -> None:
+    # copy.copy, copy.deepcopy and unpickling build a layer without merge(): track copies of merged layers too
+    nn.Module.__setstate__(self, state)
+    if state.get("_neat_merge_record") is not None:
+        _MERGED_BY_NEAT.add(self)
+
+
+def _hand_over_stranded_layers() -> None:
+    # Every live layer torch-neat merged (copies included) whose class now runs PEFT's code.
+    for layer in list(_MERGED_BY_NEAT):
+        if not _runs_neat(layer):
+            _hand_over_to_peft(layer)
+            _MERGED_BY_NEAT.discard(layer)
 
 
 _REPLACEMENTS = {
@@ -225,6 +283,7 @@ class NeatPeanutLinear(PeanutLinear):
     unmerge = _neat_unmerge
     get_delta_weight = _neat_get_delta_weight
     _neat_unmerge_silently = _neat_unmerge_silently
+    __setstate__ = _neat_setstate
 
     def __repr__(self) -> str:
         return "neat." + super().__repr__()
@@ -268,16 +327,30 @@ def accelerate(peft_model: nn.Module) -> nn.Module:
 def install() -> None:
     """Makes every PEFT PEANuT ``Linear`` (existing and future) use torch-neat, by patching PEFT's class.
 
-    Undo with :func:`uninstall`. Prefer :func:`accelerate` to change one model only.
+    Undo with :func:`uninstall`. Prefer :func:`accelerate` to change one model only. Layers already merged
+    by PEFT's code stay in PEFT's state: merging more adapters into them and unmerging them run PEFT's code
+    until they are unmerged (module docstring).
     """
     for name, fn in _REPLACEMENTS.items():
         setattr(PeanutLinear, name, fn)
+    PeanutLinear.__setstate__ = _neat_setstate  # PEFT's class inherits nn.Module's
 
 
 def uninstall() -> None:
-    """Restores PEFT's own PEANuT methods (layers converted by :func:`accelerate` stay accelerated)."""
+    """Restores PEFT's own PEANuT methods (layers converted by :func:`accelerate` stay accelerated).
+
+    Layers merged while installed stay merged, with the same weights and ``merged_adapters``, and are
+    handed to PEFT in the state its own code needs: the original weight, rebuilt bit for bit, is kept as
+    PEFT's ``_base_weight_before_merge`` (one CPU copy of W per merged layer, as if PEFT had merged it),
+    so PEFT's ``unmerge_adapter`` restores it exactly and a later PEFT merge starts from it. Copies of
+    merged layers made while installed (``copy.deepcopy``, pickling) are handed over too; a layer pickled
+    merged and loaded in a process where it is neither installed nor accelerated is not (unmerge first).
+    """
     for name, fn in _ORIGINAL.items():
         setattr(PeanutLinear, name, fn)
+    if PeanutLinear.__dict__.get("__setstate__") is _neat_setstate:
+        del PeanutLinear.__setstate__
+    _hand_over_stranded_layers()
 
 
 def is_installed() -> bool:
