@@ -9,14 +9,12 @@
  * 2. compute_g of an expanded W with d_out = 2^31 + 7 asked for a 64 GiB workspace because the
  *    skinny path copied the whole long operand; the size must not grow with K.
  */
-#define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include "check.h"
 #include "gemm.h"
+#include "guard.h"
 #include "util.h"
 
 /* Chunks run one after another: enough to give each lane its own scratch slot. */
@@ -25,33 +23,6 @@ static void serial_for(int64_t begin, int64_t end, int64_t grain, neat_parallel_
 {
     (void)grain, (void)user;
     for (int64_t i = begin; i < end; i++) body(i, i + 1, ctx);
-}
-
-typedef struct guarded {
-    char *map;
-    size_t map_bytes;
-    void *ptr; /* bytes usable, then a PROT_NONE page */
-} guarded;
-
-static guarded guarded_alloc(size_t bytes)
-{
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    size_t body = (bytes + page - 1) / page * page;
-    guarded g;
-    g.map_bytes = body + page;
-    g.map = mmap(NULL, g.map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (g.map == MAP_FAILED) {
-        fprintf(stderr, "mmap failed\n");
-        exit(2);
-    }
-    mprotect(g.map + body, page, PROT_NONE);
-    g.ptr = g.map + body - bytes;
-    return g;
-}
-
-static void guarded_free(guarded *g)
-{
-    munmap(g->map, g->map_bytes);
 }
 
 static uint64_t rng = 7;
@@ -76,18 +47,18 @@ static void skinny_case(neat_dtype dt, int64_t M, int64_t N, int64_t K, int la, 
     for (int lanes = 1; lanes <= 4; lanes++) {
         neat_exec exec = {serial_for, NULL, lanes, NULL};
         size_t bytes = neat_gemm_scratch_bytes_mnk(dt, M, N, K, lanes);
-        guarded s = guarded_alloc(bytes);
+        gbuf s = guard_alloc(bytes, lanes % 2 ? GUARD_BACK : GUARD_FRONT, GUARD_FLUSH);
         tbuf C = tb_make(dt, M, N, LAYOUT_CONTIG, NULL, 0);
         neat_gemm(dt, M, N, K, 1.0, A.t.data, A.t.strides[0], A.t.strides[1], B.t.data,
                   B.t.strides[0], B.t.strides[1], 0.0, C.t.data, C.t.strides[0], C.t.strides[1],
-                  s.ptr, &exec);
+                  s.p, &exec);
         tb_read(&C, got);
         double err = rel_err(got, ref, M * N), tol = dt == NEAT_FLOAT64 ? 1e-13 : 2e-6;
         CHECK(err <= tol, "%s M=%lld N=%lld K=%lld layouts A%d B%d lanes %d: rel err %.3g",
               dt == NEAT_FLOAT64 ? "f64" : "f32", (long long)M, (long long)N, (long long)K, la,
               lb, lanes, err);
         tb_free(&C);
-        guarded_free(&s);
+        guard_free(&s);
     }
     tb_free(&A), tb_free(&B);
     free(a), free(b), free(ref), free(got);

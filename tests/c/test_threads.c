@@ -3,49 +3,11 @@
  * compute_g with num_threads 1, 2, 3, 7 (a pthread parallel_for) and with a hook that runs the
  * chunks in reverse order are compared bit for bit (memcmp) with the sequential run.
  */
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
 #include "layer.h"
-
-typedef struct chunk {
-    int64_t begin, end;
-    neat_parallel_body body;
-    void *ctx;
-} chunk;
-
-static void *run_chunk(void *p)
-{
-    chunk *c = p;
-    c->body(c->begin, c->end, c->ctx);
-    return NULL;
-}
-
-/* One thread per chunk of `grain` iterations, at most *(int *)user chunks. */
-static void pthread_for(int64_t begin, int64_t end, int64_t grain, neat_parallel_body body,
-                        void *ctx, void *user)
-{
-    int64_t max_chunks = *(int *)user, n = end - begin;
-    if (grain < 1)
-        grain = 1;
-    int64_t chunks = (n + grain - 1) / grain;
-    if (chunks > max_chunks)
-        chunks = max_chunks;
-    chunk c[64];
-    pthread_t th[64];
-    for (int64_t i = 0; i < chunks; i++) {
-        c[i].begin = begin + n * i / chunks;
-        c[i].end = begin + n * (i + 1) / chunks;
-        c[i].body = body, c[i].ctx = ctx;
-        if (pthread_create(&th[i], NULL, run_chunk, &c[i]) != 0)
-            run_chunk(&c[i]), th[i] = pthread_self();
-    }
-    for (int64_t i = 0; i < chunks; i++)
-        if (!pthread_equal(th[i], pthread_self()))
-            pthread_join(th[i], NULL);
-}
 
 static void reverse_for(int64_t begin, int64_t end, int64_t grain, neat_parallel_body body,
                         void *ctx, void *user)
@@ -111,7 +73,7 @@ int main(void)
         static const int counts[] = {1, 2, 3, 7, 5};
         for (int c = 0; c < 5; c++) {
             int threads = counts[c];
-            neat_exec ex = {c == 4 ? reverse_for : pthread_for, &threads, threads, NULL};
+            neat_exec ex = {c == 4 ? reverse_for : pthread_parallel_for, &threads, threads, NULL};
             outputs o;
             run_all(&l, &ex, &o);
             const char *how = c == 4 ? "reverse-order hook" : "pthread hook";

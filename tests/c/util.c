@@ -4,6 +4,7 @@
 #include "util.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -212,4 +213,49 @@ double tb_get(const tbuf *b, int64_t i, int64_t j)
 void tb_set(tbuf *b, int64_t i, int64_t j, double v)
 {
     store(b, view_offset(b, i, j), v);
+}
+
+typedef struct pf_chunk {
+    int64_t begin, end;
+    neat_parallel_body body;
+    void *ctx;
+} pf_chunk;
+
+static void *pf_run(void *p)
+{
+    pf_chunk *c = p;
+    c->body(c->begin, c->end, c->ctx);
+    return NULL;
+}
+
+void pthread_parallel_for(int64_t begin, int64_t end, int64_t grain, neat_parallel_body body,
+                          void *ctx, void *user)
+{
+    int64_t max_chunks = *(int *)user, n = end - begin;
+    if (n <= 0)
+        return;
+    if (max_chunks > 64)
+        max_chunks = 64;
+    if (max_chunks < 1)
+        max_chunks = 1;
+    if (grain < 1)
+        grain = 1;
+    int64_t chunks = (n + grain - 1) / grain;
+    if (chunks > max_chunks)
+        chunks = max_chunks;
+    pf_chunk c[64];
+    pthread_t th[64];
+    int started[64];
+    for (int64_t i = 0; i < chunks; i++) {
+        c[i].begin = begin + n * i / chunks;
+        c[i].end = begin + n * (i + 1) / chunks;
+        c[i].body = body, c[i].ctx = ctx;
+        /* a thread that cannot start runs its chunk here rather than losing it */
+        started[i] = pthread_create(&th[i], NULL, pf_run, &c[i]) == 0;
+        if (!started[i])
+            pf_run(&c[i]);
+    }
+    for (int64_t i = 0; i < chunks; i++)
+        if (started[i])
+            pthread_join(th[i], NULL);
 }

@@ -59,4 +59,12 @@ void print_mismatches(const char *what, const double *got, const double *ref, in
 
 void *xmalloc(size_t n);
 
+/*
+ * A parallel-for hook (neat_exec.parallel_for) on real threads: [begin, end) is cut into
+ * chunks of at least grain iterations, at most *(int *)user of them (64 at most), and each
+ * chunk runs on a thread of its own, all concurrently; returns when every chunk is done.
+ */
+void pthread_parallel_for(int64_t begin, int64_t end, int64_t grain, neat_parallel_body body,
+                          void *ctx, void *user);
+
 #endif /* NEAT_TEST_UTIL_H */
