@@ -27,7 +27,8 @@ __device__ __forceinline__ Acc act_forward(neat_activation act, Acc z)
     using K = ActConst<Acc>;
     const Acc one = 1, half = Acc(0.5);
     switch (act) {
-    case NEAT_ACT_RELU: return z > Acc(0) ? z : Acc(0);
+    case NEAT_ACT_RELU: // NaN fails the test and stays NaN, as torch.relu and the CPU kernels
+        return z <= Acc(0) ? Acc(0) : z;
     case NEAT_ACT_SIN: return sin(z);
     case NEAT_ACT_GELU: return half * z * (one + erf(z * K::inv_sqrt2));
     case NEAT_ACT_GELU_TANH: {
@@ -48,7 +49,8 @@ __device__ __forceinline__ Acc act_derivative(neat_activation act, Acc z)
     using K = ActConst<Acc>;
     const Acc one = 1, half = Acc(0.5);
     switch (act) {
-    case NEAT_ACT_RELU: return z > Acc(0) ? one : Acc(0);
+    case NEAT_ACT_RELU: // 0 at z == 0 and 1 at NaN, as PyTorch's threshold_backward and the CPU
+        return z <= Acc(0) ? Acc(0) : one;
     case NEAT_ACT_SIN: return cos(z);
     case NEAT_ACT_GELU:
         return half * (one + erf(z * K::inv_sqrt2)) + z * K::inv_sqrt2pi * exp(-half * z * z);

@@ -13,10 +13,16 @@
 #include <cstddef>
 #include <cstdint>
 
+#ifdef NEAT_CUDA_EMULATE
+// Test-only host build (tests/cuda_emu): the toolkit's host headers plus stand-ins for what only
+// nvcc provides (blockIdx and friends, the launch); cuBLAS and the runtime come from test doubles.
+#include "cuda_emu.h"
+#else
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#endif
 
 #include "backend.h"
 #include "workspace.h"
@@ -31,13 +37,17 @@ namespace neat_cuda {
         if (neat_try_status_ != NEAT_OK) return neat_try_status_;                                  \
     } while (0)
 
-// Checks a CUDA runtime call; on failure sets the thread-local message and returns.
+// Checks a CUDA runtime call; on failure sets the thread-local message and returns. The runtime
+// also keeps the error as the thread's last error: it is taken back here, since it has been
+// reported, or the next launch check (ours or the caller's) would blame an innocent kernel.
 #define NEAT_CUDA_CHECK(ctx, call)                                                                 \
     do {                                                                                           \
         cudaError_t neat_cuda_err_ = (call);                                                       \
-        if (neat_cuda_err_ != cudaSuccess)                                                         \
+        if (neat_cuda_err_ != cudaSuccess) {                                                       \
+            (void)cudaGetLastError();                                                              \
             return neat_set_error(NEAT_ERR_BACKEND, "%s: %s failed: %s (%s:%d)", (ctx).fn, #call,  \
                                   cudaGetErrorString(neat_cuda_err_), __FILE__, __LINE__);         \
+        }                                                                                          \
     } while (0)
 
 #define NEAT_CUBLAS_CHECK(ctx, call)                                                               \

@@ -3,6 +3,8 @@
 
 #include <type_traits>
 
+#include "launch.cuh"
+
 namespace neat_cuda {
 
 // One thread per element in a grid-stride loop; consecutive threads walk a row (coalesced for
@@ -40,14 +42,12 @@ neat_status launch_convert(Ctx &ctx, Mat dst, Mat src, double scale)
     return dispatch_dtype(dst.dt, [&](auto tag_D) {
         using D = typename decltype(tag_D)::type;
         return dispatch_dtype(src.dt, [&](auto tag_S) {
-        using S = typename decltype(tag_S)::type;
+            using S = typename decltype(tag_S)::type;
             using Acc = std::conditional_t<std::is_same_v<D, double> || std::is_same_v<S, double>,
                                            double, float>;
-            convert_kernel<Acc, D, S><<<grid_for(numel(dst)), kThreads, 0, ctx.stream>>>(
-                static_cast<D *>(dst.p), dst.rs, dst.cs, static_cast<const S *>(src.p), src.rs,
-                src.cs, dst.rows, dst.cols, static_cast<Acc>(scale));
-            NEAT_CUDA_LAUNCHED(ctx, "convert_kernel");
-            return NEAT_OK;
+            return launch(ctx, "convert_kernel", convert_kernel<Acc, D, S>, numel(dst),
+                          static_cast<D *>(dst.p), dst.rs, dst.cs, static_cast<const S *>(src.p),
+                          src.rs, src.cs, dst.rows, dst.cols, static_cast<Acc>(scale));
         });
     });
 }
@@ -58,10 +58,8 @@ neat_status launch_fill(Ctx &ctx, Mat dst, double value)
     return dispatch_dtype(dst.dt, [&](auto tag_D) {
         using D = typename decltype(tag_D)::type;
         using Acc = std::conditional_t<std::is_same_v<D, double>, double, float>;
-        fill_kernel<Acc, D><<<grid_for(numel(dst)), kThreads, 0, ctx.stream>>>(
-            static_cast<D *>(dst.p), dst.rs, dst.cs, dst.rows, dst.cols, static_cast<Acc>(value));
-        NEAT_CUDA_LAUNCHED(ctx, "fill_kernel");
-        return NEAT_OK;
+        return launch(ctx, "fill_kernel", fill_kernel<Acc, D>, numel(dst), static_cast<D *>(dst.p),
+                      dst.rs, dst.cs, dst.rows, dst.cols, static_cast<Acc>(value));
     });
 }
 

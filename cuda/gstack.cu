@@ -6,6 +6,7 @@
 #include "activation.cuh"
 #include "blas.cuh"
 #include "elementwise.cuh"
+#include "launch.cuh"
 
 namespace neat_cuda {
 
@@ -87,10 +88,8 @@ neat_status act_forward_launch(Ctx &ctx, Mat Z, Mat out, neat_activation act)
 {
     return dispatch_dtype(out.dt, [&](auto tag_TO) {
         using TO = typename decltype(tag_TO)::type;
-        act_forward_kernel<Acc, TO><<<grid_for(numel(Z)), kThreads, 0, ctx.stream>>>(
-            ptr<Acc>(Z), Z.rows, Z.cols, static_cast<TO *>(out.p), out.rs, out.cs, act);
-        NEAT_CUDA_LAUNCHED(ctx, "act_forward_kernel");
-        return NEAT_OK;
+        return launch(ctx, "act_forward_kernel", act_forward_kernel<Acc, TO>, numel(Z), ptr<Acc>(Z),
+                      Z.rows, Z.cols, static_cast<TO *>(out.p), out.rs, out.cs, act);
     });
 }
 
@@ -100,21 +99,17 @@ neat_status layer_forward_launch(Ctx &ctx, Mat Gprev, const neat_tensor &H, cons
 {
     return dispatch_dtype(H.dtype, [&](auto tag_P) {
         using P = typename decltype(tag_P)::type;
-        layer_forward_kernel<Acc, P><<<grid_for(numel(Gout)), kThreads, 0, ctx.stream>>>(
-            ptr<Acc>(Gprev), static_cast<const P *>(H.data), H.strides[0], H.strides[1], res, Zout,
-            ptr<Acc>(Gout), Gout.rows, Gout.cols, act);
-        NEAT_CUDA_LAUNCHED(ctx, "layer_forward_kernel");
-        return NEAT_OK;
+        return launch(ctx, "layer_forward_kernel", layer_forward_kernel<Acc, P>, numel(Gout),
+                      ptr<Acc>(Gprev), static_cast<const P *>(H.data), H.strides[0], H.strides[1],
+                      res, Zout, ptr<Acc>(Gout), Gout.rows, Gout.cols, act);
     });
 }
 
 template <typename Acc>
 neat_status act_backward_launch(Ctx &ctx, Mat dG, Mat Z, Mat dZ, neat_activation act)
 {
-    act_backward_kernel<Acc><<<grid_for(numel(dZ)), kThreads, 0, ctx.stream>>>(
-        ptr<Acc>(dG), ptr<Acc>(Z), ptr<Acc>(dZ), numel(dZ), act);
-    NEAT_CUDA_LAUNCHED(ctx, "act_backward_kernel");
-    return NEAT_OK;
+    return launch(ctx, "act_backward_kernel", act_backward_kernel<Acc>, numel(dZ), ptr<Acc>(dG),
+                  ptr<Acc>(Z), ptr<Acc>(dZ), numel(dZ), act);
 }
 
 template <typename Acc>
@@ -123,11 +118,10 @@ neat_status layer_backward_launch(Ctx &ctx, Mat dZ, const neat_tensor &H, const 
 {
     return dispatch_dtype(H.dtype, [&](auto tag_P) {
         using P = typename decltype(tag_P)::type;
-        layer_backward_kernel<Acc, P><<<grid_for(numel(dZprev)), kThreads, 0, ctx.stream>>>(
-            ptr<Acc>(dZ), static_cast<const P *>(H.data), H.strides[0], H.strides[1], res,
-            ptr<Acc>(Zprev), dGprev, ptr<Acc>(dZprev), dZprev.rows, dZprev.cols, act);
-        NEAT_CUDA_LAUNCHED(ctx, "layer_backward_kernel");
-        return NEAT_OK;
+        return launch(ctx, "layer_backward_kernel", layer_backward_kernel<Acc, P>, numel(dZprev),
+                      ptr<Acc>(dZ), static_cast<const P *>(H.data), H.strides[0], H.strides[1],
+                      res, ptr<Acc>(Zprev), dGprev, ptr<Acc>(dZprev), dZprev.rows, dZprev.cols,
+                      act);
     });
 }
 
