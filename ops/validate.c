@@ -52,6 +52,35 @@ static void neat_shape_str(const neat_tensor *t, char *buf, size_t n)
     neat_dims_str(t->sizes, t->ndim, buf, n);
 }
 
+/*
+ * How an expected shape is explained in a message: a format with up to three %lld values. It is
+ * formatted only when a check fails: formatting every description on every call cost more than
+ * the checks themselves (a few microseconds per call, which small layers notice).
+ */
+typedef struct neat_desc {
+    const char *fmt;
+    long long a, b, c;
+} neat_desc;
+
+static neat_desc neat_d(const char *fmt, int64_t a, int64_t b, int64_t c)
+{
+    neat_desc d = {fmt, (long long)a, (long long)b, (long long)c};
+    return d;
+}
+
+static void neat_desc_str(const neat_desc *d, char *buf, size_t n)
+{
+    snprintf(buf, n, d->fmt, d->a, d->b, d->c);
+}
+
+/* Argument names of the hidden layers and their gradients, without formatting them per call. */
+static const char *const neat_hidden_names[NEAT_MAX_HIDDEN] = {
+    "hidden[0]", "hidden[1]", "hidden[2]", "hidden[3]",
+    "hidden[4]", "hidden[5]", "hidden[6]", "hidden[7]"};
+static const char *const neat_dhidden_names[NEAT_MAX_HIDDEN] = {
+    "dhidden[0]", "dhidden[1]", "dhidden[2]", "dhidden[3]",
+    "dhidden[4]", "dhidden[5]", "dhidden[6]", "dhidden[7]"};
+
 static int neat_is_half(neat_dtype d)
 {
     return d == NEAT_BFLOAT16 || d == NEAT_FLOAT16;
@@ -212,21 +241,25 @@ static neat_status neat_check_layout(const char *fn, const char *name, const nea
  * message.
  */
 static neat_status neat_check_view(const char *fn, const char *name, const neat_tensor *t,
-                                   int32_t ndim, const int64_t *expect, const char *desc,
+                                   int32_t ndim, const int64_t *expect, neat_desc desc_fmt,
                                    int is_output, neat_role role, const neat_problem *p)
 {
-    char got[160];
+    char got[160], desc[200];
     if (!t)
         return neat_set_error(NEAT_ERR_INVALID_ARGUMENT, "%s: %s must not be NULL", fn, name);
-    if (t->ndim != ndim)
+    if (t->ndim != ndim) {
+        neat_desc_str(&desc_fmt, desc, sizeof desc);
         return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
                               "%s: %s must be %d-D with shape %s; got a %d-D view", fn, name,
                               ndim, desc, t->ndim);
-    neat_dims_str(t->sizes, t->ndim, got, sizeof got);
+    }
     for (int32_t d = 0; d < ndim; d++)
-        if (t->sizes[d] < 0 || (expect[d] >= 0 && t->sizes[d] != expect[d]))
+        if (t->sizes[d] < 0 || (expect[d] >= 0 && t->sizes[d] != expect[d])) {
+            neat_desc_str(&desc_fmt, desc, sizeof desc);
+            neat_dims_str(t->sizes, t->ndim, got, sizeof got);
             return neat_set_error(NEAT_ERR_INVALID_ARGUMENT, "%s: %s must have shape %s; got %s",
                                   fn, name, desc, got);
+        }
     if (t->device.type != p->device.type || t->device.index != p->device.index)
         return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
                               "%s: %s is on %s:%d but weight is on %s:%d; all tensors of a call "
@@ -339,8 +372,8 @@ static int neat_inputs(const neat_args *args, neat_named *ins, char names[][24])
         if (fixed[i].t)
             ins[n++] = fixed[i];
     for (int32_t i = 0; i < args->num_hidden; i++) {
-        snprintf(names[i], sizeof names[i], "hidden[%d]", (int)i);
-        ins[n].name = names[i];
+        (void)names;
+        ins[n].name = neat_hidden_names[i];
         ins[n++].t = &args->hidden[i];
     }
     return n;
@@ -350,7 +383,8 @@ static int neat_inputs(const neat_args *args, neat_named *ins, char names[][24])
 static neat_status neat_check_args(const char *fn, const neat_args *args, int with_base,
                                    int need_x_B, neat_problem *p)
 {
-    char desc[200], got[160];
+    neat_desc desc;
+    char got[160];
     if (!args)
         return neat_set_error(NEAT_ERR_INVALID_ARGUMENT, "%s: args must not be NULL", fn);
     const neat_tensor *W = args->weight;
@@ -360,12 +394,13 @@ static neat_status neat_check_args(const char *fn, const neat_args *args, int wi
         return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
                               "%s: weight must be 2-D with shape (d_out, d_in); got a %d-D view",
                               fn, W->ndim);
-    neat_shape_str(W, got, sizeof got);
-    if (W->sizes[0] < 1 || W->sizes[1] < 1)
+    if (W->sizes[0] < 1 || W->sizes[1] < 1) {
+        neat_shape_str(W, got, sizeof got);
         return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
                               "%s: weight must have shape (d_out, d_in) with d_out >= 1 and "
                               "d_in >= 1; got %s",
                               fn, got);
+    }
     p->device = W->device;
     p->d_out = W->sizes[0];
     p->d_in = W->sizes[1];
@@ -398,8 +433,7 @@ static neat_status neat_check_args(const char *fn, const neat_args *args, int wi
     }
     /* weight is the reference the others are compared with, but its own layout gets the same
      * checks as theirs: the kernels read it just the same */
-    snprintf(desc, sizeof desc, "(d_out, d_in) = (%lld, %lld)", (long long)p->d_out,
-             (long long)p->d_in);
+    desc = neat_d("(d_out, d_in) = (%lld, %lld)", p->d_out, p->d_in, 0);
     NEAT_TRY(neat_check_view(fn, "weight", W, 2, (const int64_t[]){p->d_out, p->d_in}, desc, 0,
                              NEAT_ROLE_BASE, p));
     NEAT_TRY(neat_check_matrix(fn, "weight", "(d_out, d_in)", p->d_out, p->d_in));
@@ -430,8 +464,7 @@ static neat_status neat_check_args(const char *fn, const neat_args *args, int wi
                               "or float32",
                               fn, neat_dtype_name(A->dtype), neat_dtype_name(p->dtype));
     }
-    snprintf(desc, sizeof desc, "(r, d_out) = (r, %lld) to match weight (%lld, %lld)",
-             (long long)p->d_out, (long long)p->d_out, (long long)p->d_in);
+    desc = neat_d("(r, d_out) = (r, %lld) to match weight (%lld, %lld)", p->d_out, p->d_out, p->d_in);
     NEAT_TRY(neat_check_view(fn, "A", A, 2, (const int64_t[]){-1, p->d_out}, desc, 0,
                              NEAT_ROLE_PARAM, p));
     NEAT_TRY(neat_check_matrix(fn, "A", "(r, d_out)", p->r, p->d_out));
@@ -441,8 +474,7 @@ static neat_status neat_check_args(const char *fn, const neat_args *args, int wi
 
     p->N = 0;
     if (args->x || need_x_B) {
-        snprintf(desc, sizeof desc, "(N, d_in) = (N, %lld) to match weight (%lld, %lld)",
-                 (long long)p->d_in, (long long)p->d_out, (long long)p->d_in);
+        desc = neat_d("(N, d_in) = (N, %lld) to match weight (%lld, %lld)", p->d_in, p->d_out, p->d_in);
         NEAT_TRY(neat_check_view(fn, "x", args->x, 2, (const int64_t[]){-1, p->d_in}, desc, 0,
                                  NEAT_ROLE_BASE, p));
         p->N = args->x->sizes[0];
@@ -451,8 +483,7 @@ static neat_status neat_check_args(const char *fn, const neat_args *args, int wi
         NEAT_TRY(neat_check_matrix(fn, "x and A", "U's shape (N, r)", p->N, p->r));
     }
     if (args->B || need_x_B) {
-        snprintf(desc, sizeof desc, "(d_out, r) = (%lld, %lld) to match weight and A",
-                 (long long)p->d_out, (long long)p->r);
+        desc = neat_d("(d_out, r) = (%lld, %lld) to match weight and A", p->d_out, p->r, 0);
         NEAT_TRY(neat_check_view(fn, "B", args->B, 2, (const int64_t[]){p->d_out, p->r}, desc, 0,
                                  NEAT_ROLE_PARAM, p));
     }
@@ -462,7 +493,7 @@ static neat_status neat_check_args(const char *fn, const neat_args *args, int wi
                                   "%s: bias must be NULL for the adapter entry points (the "
                                   "adapter term has no bias)",
                                   fn);
-        snprintf(desc, sizeof desc, "(d_out) = (%lld) to match weight", (long long)p->d_out);
+        desc = neat_d("(d_out) = (%lld) to match weight", p->d_out, 0, 0);
         NEAT_TRY(neat_check_view(fn, "bias", args->bias, 1, (const int64_t[]){p->d_out}, desc, 0,
                                  NEAT_ROLE_BASE, p));
     }
@@ -475,9 +506,8 @@ static neat_status neat_check_args(const char *fn, const neat_args *args, int wi
                               "%s: hidden must not be NULL when num_hidden = %d", fn,
                               (int)args->num_hidden);
     for (int32_t i = 0; i < args->num_hidden; i++) {
-        char name[32];
-        snprintf(name, sizeof name, "hidden[%d]", (int)i);
-        snprintf(desc, sizeof desc, "(%lld, %lld)", (long long)p->r, (long long)p->r);
+        const char *name = neat_hidden_names[i];
+        desc = neat_d("(%lld, %lld)", p->r, p->r, 0);
         NEAT_TRY(neat_check_view(fn, name, &args->hidden[i], 2, (const int64_t[]){p->r, p->r},
                                  desc, 0, NEAT_ROLE_PARAM, p));
     }
@@ -495,9 +525,8 @@ neat_status neat_validate_forward(const char *fn, const neat_tensor *y, const ne
 {
     NEAT_TRY(neat_check_args(fn, args, with_base, 1, p));
     if (y) {
-        char desc[120];
-        snprintf(desc, sizeof desc, "(N, d_out) = (%lld, %lld)", (long long)p->N,
-                 (long long)p->d_out);
+        neat_desc desc;
+        desc = neat_d("(N, d_out) = (%lld, %lld)", p->N, p->d_out, 0);
         NEAT_TRY(neat_check_view(fn, "y", y, 2, (const int64_t[]){p->N, p->d_out}, desc, 1,
                                  NEAT_ROLE_BASE, p));
         neat_named ins[5 + NEAT_MAX_HIDDEN], out = {"y", y};
@@ -521,8 +550,8 @@ static int neat_grad_outputs(const neat_grads *grads, const neat_args *args, nea
     for (int32_t i = 0; grads->dhidden && i < args->num_hidden; i++) {
         if (!grads->dhidden[i].data)
             continue; /* not requested */
-        snprintf(names[i], sizeof names[i], "dhidden[%d]", (int)i);
-        outs[n].name = names[i];
+        (void)names;
+        outs[n].name = neat_dhidden_names[i];
         outs[n++].t = &grads->dhidden[i];
     }
     return n;
@@ -531,22 +560,21 @@ static int neat_grad_outputs(const neat_grads *grads, const neat_args *args, nea
 neat_status neat_validate_backward(const char *fn, const neat_grads *grads, const neat_tensor *dy,
                                    const neat_args *args, int with_base, neat_problem *p)
 {
-    char desc[120];
+    neat_desc desc;
     NEAT_TRY(neat_check_args(fn, args, with_base, 1, p));
     if (!grads)
         return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
                               "%s: grads must not be NULL (set its members to NULL instead)", fn);
     int64_t N = p->N, d_in = p->d_in, d_out = p->d_out, r = p->r;
-    snprintf(desc, sizeof desc, "(N, d_out) = (%lld, %lld)", (long long)N, (long long)d_out);
+    desc = neat_d("(N, d_out) = (%lld, %lld)", N, d_out, 0);
     if (dy)
         NEAT_TRY(neat_check_view(fn, "dy", dy, 2, (const int64_t[]){N, d_out}, desc, 0,
                                  NEAT_ROLE_BASE, p));
-    snprintf(desc, sizeof desc, "(N, d_in) = (%lld, %lld) like x", (long long)N, (long long)d_in);
+    desc = neat_d("(N, d_in) = (%lld, %lld) like x", N, d_in, 0);
     if (grads->dx)
         NEAT_TRY(neat_check_view(fn, "dx", grads->dx, 2, (const int64_t[]){N, d_in}, desc, 1,
                                  NEAT_ROLE_BASE, p));
-    snprintf(desc, sizeof desc, "(d_out, d_in) = (%lld, %lld) like weight", (long long)d_out,
-             (long long)d_in);
+    desc = neat_d("(d_out, d_in) = (%lld, %lld) like weight", d_out, d_in, 0);
     if (grads->dweight)
         NEAT_TRY(neat_check_view(fn, "dweight", grads->dweight, 2,
                                  (const int64_t[]){d_out, d_in}, desc, 1, NEAT_ROLE_BASE, p));
@@ -554,17 +582,15 @@ neat_status neat_validate_backward(const char *fn, const neat_grads *grads, cons
         if (!with_base)
             return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
                                   "%s: dbias must be NULL for the adapter entry points", fn);
-        snprintf(desc, sizeof desc, "(d_out) = (%lld)", (long long)d_out);
+        desc = neat_d("(d_out) = (%lld)", d_out, 0, 0);
         NEAT_TRY(neat_check_view(fn, "dbias", grads->dbias, 1, (const int64_t[]){d_out}, desc, 1,
                                  NEAT_ROLE_BASE, p));
     }
-    snprintf(desc, sizeof desc, "(r, d_out) = (%lld, %lld) like A", (long long)r,
-             (long long)d_out);
+    desc = neat_d("(r, d_out) = (%lld, %lld) like A", r, d_out, 0);
     if (grads->dA)
         NEAT_TRY(neat_check_view(fn, "dA", grads->dA, 2, (const int64_t[]){r, d_out}, desc, 1,
                                  NEAT_ROLE_PARAM, p));
-    snprintf(desc, sizeof desc, "(d_out, r) = (%lld, %lld) like B", (long long)d_out,
-             (long long)r);
+    desc = neat_d("(d_out, r) = (%lld, %lld) like B", d_out, r, 0);
     if (grads->dB)
         NEAT_TRY(neat_check_view(fn, "dB", grads->dB, 2, (const int64_t[]){d_out, r}, desc, 1,
                                  NEAT_ROLE_PARAM, p));
@@ -572,10 +598,8 @@ neat_status neat_validate_backward(const char *fn, const neat_grads *grads, cons
         for (int32_t i = 0; i < args->num_hidden; i++) {
             if (!grads->dhidden[i].data)
                 continue; /* not requested */
-            char name[32];
-            snprintf(name, sizeof name, "dhidden[%d]", (int)i);
-            snprintf(desc, sizeof desc, "(%lld, %lld) like hidden[%d]", (long long)r,
-                     (long long)r, (int)i);
+            const char *name = neat_dhidden_names[i];
+            desc = neat_d("(%lld, %lld) like hidden[%lld]", r, r, i);
             NEAT_TRY(neat_check_view(fn, name, &grads->dhidden[i], 2, (const int64_t[]){r, r},
                                      desc, 1, NEAT_ROLE_PARAM, p));
         }
@@ -597,9 +621,8 @@ neat_status neat_validate_compute_g(const char *fn, const neat_tensor *G, const 
 {
     NEAT_TRY(neat_check_args(fn, args, 1, 0, p));
     if (G) {
-        char desc[120];
-        snprintf(desc, sizeof desc, "(r, d_in) = (%lld, %lld)", (long long)p->r,
-                 (long long)p->d_in);
+        neat_desc desc;
+        desc = neat_d("(r, d_in) = (%lld, %lld)", p->r, p->d_in, 0);
         NEAT_TRY(neat_check_view(fn, "G", G, 2, (const int64_t[]){p->r, p->d_in}, desc, 1,
                                  p->device.type == NEAT_DEVICE_CPU ? NEAT_ROLE_PARAM
                                                                    : NEAT_ROLE_EITHER,

@@ -185,3 +185,40 @@ def test_allocation_failure_says_what_and_how_much():
     B = torch.randn(1, 2).expand(d_out, 2)
     with pytest.raises(RuntimeError, match=r"neat::linear: could not allocate the output \(281474976710656 bytes = 262144 GiB\) on cpu"):
         torch.ops.neat.linear(torch.randn(2, 4), W, None, A, B)
+
+
+def _module_case(depth):
+    torch.manual_seed(3)
+    layer = torch_neat.NeatLinear(torch.nn.Linear(7, 6).double(), r=3, depth=depth, activation="tanh")
+    with torch.no_grad():
+        layer.neat_B.normal_()
+    x = torch.randn(2, 5, 7, dtype=torch.float64, requires_grad=True)
+    return layer, x
+
+
+@pytest.mark.parametrize("depth", [2, 4])
+def test_module_fast_path_matches_registered_op_bitwise(depth):
+    # The modules call the ops below the autograd key (ops._FusedFn); gradients must be the very
+    # bits the registered autograd gives.
+    layer, x = _module_case(depth)
+    params = [x, layer.neat_A, *layer.neat_hidden, layer.neat_B]
+    dy = torch.randn(2, 5, 6, dtype=torch.float64)
+    fast = torch.autograd.grad(layer(x), params, dy)
+    w, b = layer.base_layer.weight, layer.base_layer.bias
+    slow = torch.autograd.grad(
+        torch_neat.linear(x, w, b, layer.neat_A, layer.neat_B, list(layer.neat_hidden), "tanh", layer.scale), params, dy
+    )
+    for f, s in zip(fast, slow):
+        assert torch.equal(f, s)
+
+
+def test_module_gradcheck_and_double_backward_error():
+    layer, x = _module_case(4)
+    params = (x, layer.neat_A, layer.neat_B, *layer.neat_hidden)
+
+    def f(x, A, B, *H):
+        return torch_neat.ops.fused_linear(x, layer.base_layer.weight, layer.base_layer.bias, A, B, H, "tanh", 1.0)
+
+    assert torch.autograd.gradcheck(f, params)
+    with pytest.raises(RuntimeError, match="torch-neat: neat::linear_backward cannot be differentiated"):
+        torch.autograd.functional.hessian(lambda x: layer(x).square().sum(), x)

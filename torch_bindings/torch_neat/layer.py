@@ -275,7 +275,7 @@ class NeatLinear(nn.Module):
         A, B, hidden = self.neat_A, self.neat_B, self.hidden
         if A.dtype != ct:
             A, B, hidden = A.to(ct), B.to(ct), [h.to(ct) for h in hidden]
-        out = _ops.linear(xc, wc, bc, A, B, hidden, self._act, self.scale)
+        out = _ops.fused_linear(xc, wc, bc, A, B, hidden, self._act, self.scale)
         return out.to(x.dtype)
 
     # -- merge ------------------------------------------------------------------------------

@@ -268,3 +268,101 @@ for _op in ("linear_backward", "adapter_backward"):
 
 torch.library.register_autograd("neat::linear", _linear_backward, setup_context=_linear_setup_context)
 torch.library.register_autograd("neat::adapter", _adapter_backward, setup_context=_adapter_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# The modules' fast path. The autograd kernel that torch.library.register_autograd installs is
+# generic Python (pytree flattening of the Tensor[]? argument, default filling, mask building):
+# about a quarter of a millisecond per layer-step, as much as a small layer's whole math. The
+# modules (NeatLinear, the PEFT bridge) know their arguments, so in eager mode they call the
+# forward and backward ops directly below the autograd key through this autograd.Function.
+# Under torch.compile, torch.func or any tensor subclass they keep the registered op, which is
+# what tracing, opcheck and gradcheck see; both routes run the same C kernels.
+
+
+def _plain(t: Optional[Tensor]) -> bool:
+    return t is None or type(t) is torch.Tensor or type(t) is torch.nn.Parameter
+
+
+def _below_autograd():
+    return torch._C._AutoDispatchBelowADInplaceOrView()
+
+
+def _backward_call(op, args: tuple):
+    if torch.is_grad_enabled():
+        # create_graph=True: go through the registered op so that differentiating this backward
+        # raises torch-neat's clear error instead of giving silent zeros
+        return op(*args)
+    with _below_autograd():
+        return op(*args)
+
+
+class _FusedFn(torch.autograd.Function):
+    """``neat::linear`` (bias given or None) or ``neat::adapter`` (with_base False) for the modules."""
+
+    # forward(ctx, ...) rather than setup_context: apply() then skips binding the arguments to
+    # a signature (inspect), which alone cost about 50 us per call
+    @staticmethod
+    def forward(ctx, with_base, input, weight, bias, A, B, activation, scale, *hidden):
+        with _below_autograd():
+            if with_base:
+                y = torch.ops.neat.linear.default(input, weight, bias, A, B, list(hidden), activation, scale)
+            else:
+                y = torch.ops.neat.adapter.default(input, weight, A, B, list(hidden), activation, scale)
+        ctx.save_for_backward(input, weight, bias, A, B, *hidden)
+        ctx.with_base, ctx.activation, ctx.scale = with_base, activation, scale
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, weight, bias, A, B, *hidden = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = [need[1], need[2], ctx.with_base and bias is not None and need[3], need[4], need[5], any(need[8:])]
+        if ctx.with_base:
+            dx, dw, db, dA, dB, dh = _backward_call(
+                torch.ops.neat.linear_backward.default,
+                (grad, input, weight, bias, A, B, hidden, ctx.activation, ctx.scale, mask),
+            )
+        else:
+            dx, dw, dA, dB, dh = _backward_call(
+                torch.ops.neat.adapter_backward.default,
+                (grad, input, weight, A, B, hidden, ctx.activation, ctx.scale, mask),
+            )
+            db = None
+        dh = list(dh) if mask[5] else [None] * len(hidden)
+        return (
+            None,
+            dx if mask[0] else None,
+            dw if mask[1] else None,
+            db if mask[2] else None,
+            dA if mask[3] else None,
+            dB if mask[4] else None,
+            None,
+            None,
+            *dh,
+        )
+
+
+def _fast_ok(tensors) -> bool:
+    return (
+        not torch.compiler.is_compiling()
+        and not torch._C._are_functorch_transforms_active()
+        and all(_plain(t) for t in tensors)
+    )
+
+
+def fused_linear(input, weight, bias, A, B, hidden: Sequence[Tensor], activation: str, scale: float) -> Tensor:
+    """``neat::linear`` for the modules: the fast path in eager mode, the registered op otherwise.
+
+    ``activation`` must already be a kernel name (canonical_activation).
+    """
+    if _fast_ok((input, weight, bias, A, B, *hidden)):
+        return _FusedFn.apply(True, input, weight, bias, A, B, activation, float(scale), *hidden)
+    return torch.ops.neat.linear(input, weight, bias, A, B, list(hidden), activation, float(scale))
+
+
+def fused_adapter(input, weight, A, B, hidden: Sequence[Tensor], activation: str, scale: float) -> Tensor:
+    """``neat::adapter`` for the modules (see :func:`fused_linear`)."""
+    if _fast_ok((input, weight, A, B, *hidden)):
+        return _FusedFn.apply(False, input, weight, None, A, B, activation, float(scale), *hidden)
+    return torch.ops.neat.adapter(input, weight, A, B, list(hidden), activation, float(scale))

@@ -133,7 +133,7 @@ def _neat_forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
             A, B, hidden = _factors(self, adapters[0])
             ct = kernel_dtype(x.device, A.dtype)
             if x.dtype == weight.dtype == ct == A.dtype:
-                return _ops.linear(x, weight, base.bias, A, B, hidden, act, self.scaling[adapters[0]])
+                return _ops.fused_linear(x, weight, base.bias, A, B, hidden, act, self.scaling[adapters[0]])
 
     result = self.base_layer(x, *args, **kwargs)
     for adapter in adapters:
@@ -147,7 +147,7 @@ def _neat_forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         A, B, hidden = _factors(self, adapter)
         xc, wc, _, ct = op_operands(x, weight, None, A.dtype)
         A, B, hidden = _cast_params(A, B, hidden, ct)
-        delta = _ops.adapter(xc, wc, A, B, hidden, act, self.scaling[adapter])
+        delta = _ops.fused_adapter(xc, wc, A, B, hidden, act, self.scaling[adapter])
         result = result + delta.to(result.dtype)
     return result
 
