@@ -270,7 +270,13 @@ class NeatLinear(nn.Module):
             G = self.cached_g()
             y = F.linear(x, weight, bias)
             u = F.linear(x.to(G.dtype), G)
-            return y + F.linear(u, self.neat_B.to(G.dtype)).mul_(self.scale).to(y.dtype)
+            B = self.neat_B.to(G.dtype)
+            if y.dtype == G.dtype and y.dim() >= 1 and not torch.is_grad_enabled():
+                # y += s u B^T in place: no (N, d_out) temporary and no extra pass over y
+                y2 = y.view(-1, y.shape[-1])
+                y2.addmm_(u.reshape(-1, u.shape[-1]), B.t(), alpha=self.scale)
+                return y
+            return y + F.linear(u, B).mul_(self.scale).to(y.dtype)
         xc, wc, bc, ct = op_operands(x, weight, bias, self.neat_A.dtype)
         A, B, hidden = self.neat_A, self.neat_B, self.hidden
         if A.dtype != ct:
