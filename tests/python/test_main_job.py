@@ -61,6 +61,11 @@ def test_smoke_run_all_methods(ft, tmp_path):
     assert len(table.splitlines()) == 2 + 3
     assert "NEAT (torch-neat)" in table and "LoRA (PEFT)" in table and "head only" in table
 
+    check = by["neat"]["lora_check"]  # the NEAT adapter exported as PEFT LoRA, reloaded by plain PEFT
+    assert check["agree"] and check["relative"] <= 1e-5 and check["n"] == 16, check
+    assert check["path"] == str(tmp_path / "adapter") + "-lora"
+    assert (tmp_path / "adapter-lora" / "adapter_config.json").is_file()
+
     fresh = ft.MeanPoolClassifier(tiny_encoder())
     torch_neat.load_adapter(fresh, tmp_path / "adapter")
     assert fresh.neat_config.r == 2 and fresh.neat_config.depth == 4
@@ -86,11 +91,11 @@ def test_vader_split_is_real_and_stem_disjoint(ft):
     assert lexicon["good"] == 1 and lexicon["terrible"] == 0 and lexicon[":)"] == 1
 
 
-def test_real_model_and_data_few_steps(ft, tmp_path):
+def test_real_model_and_data_few_steps(ft, tmp_path, capsys):
     """The README's main job end to end on the real shipped weights and data, cut to a few steps."""
     out = tmp_path / "adapter"
     rows = ft.main(["--methods", "neat,lora", "--max-steps", "4", "--batch-size", "16", "--no-isolate",
-                    "--device", "cpu", "--output-dir", str(out)])
+                    "--device", "cpu", "--output-dir", str(out), "--lora-dir", str(tmp_path / "lora")])
     by = {r["method"]: r for r in rows}
     assert set(by) == {"neat", "lora"}
     # Same rank and targets: NEAT's A is (r, d_out) where LoRA's A is (r, d_in); MiniLM's targets are square.
@@ -98,3 +103,9 @@ def test_real_model_and_data_few_steps(ft, tmp_path):
     for row in rows:
         assert row["steps"] == 4 and 0.0 <= row["accuracy"] <= 1.0
     assert (out / "adapter_model.safetensors").is_file() and (out / "neat_config.json").is_file()
+    # its LoRA form: exported, reloaded by plain PEFT on a fresh MiniLM, same logits; the check is printed
+    check = by["neat"]["lora_check"]
+    assert check["agree"] and check["relative"] <= 1e-5 and check["n"] == 256, check
+    assert (tmp_path / "lora" / "adapter_config.json").is_file()
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("LoRA export check:")]
+    assert len(printed) == 1 and printed[0].endswith(": agree"), printed

@@ -59,6 +59,8 @@ __all__ = [
     "save_adapter",
     "unload",
     "unmerge_adapters",
+    # serving: torch_neat.export_lora (imported on first use, like torch_neat.peft)
+    "export_lora",
 ]
 
 
@@ -68,4 +70,10 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module(".peft", __name__)
+    # ``torch_neat.export_lora(model, path)``: the module torch_neat.export_lora is callable (it calls its
+    # export_lora function). Imported lazily so that ``python -m torch_neat.export_lora`` runs it only once.
+    if name == "export_lora":
+        import importlib
+
+        return importlib.import_module(".export_lora", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
