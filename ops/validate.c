@@ -340,6 +340,19 @@ typedef struct neat_named {
  * while still reading inputs. Checked on byte ranges, so interleaved views of one buffer are
  * rejected too (a conservative rule that fresh outputs always pass).
  */
+/* The first of ts[0..n) whose (non-empty) byte range meets [lo, hi), or NULL. */
+static const neat_named *neat_first_overlap(uintptr_t lo, uintptr_t hi, const neat_named *ts,
+                                            int n)
+{
+    for (int j = 0; j < n; j++) {
+        uintptr_t lo2, hi2;
+        neat_byte_range(ts[j].t, &lo2, &hi2);
+        if (lo2 != hi2 && lo < hi2 && lo2 < hi)
+            return &ts[j];
+    }
+    return NULL;
+}
+
 static neat_status neat_check_overlap(const char *fn, const neat_named *outs, int n_out,
                                       const neat_named *ins, int n_in)
 {
@@ -348,22 +361,21 @@ static neat_status neat_check_overlap(const char *fn, const neat_named *outs, in
         neat_byte_range(outs[i].t, &lo, &hi);
         if (lo == hi)
             continue;
-        for (int j = 0; j < n_in + i; j++) {
-            const neat_named *o = j < n_in ? &ins[j] : &outs[j - n_in];
-            uintptr_t lo2, hi2;
-            neat_byte_range(o->t, &lo2, &hi2);
-            if (lo2 != hi2 && lo < hi2 && lo2 < hi)
-                return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
-                                      "%s: output %s shares memory with %s %s; outputs must not "
-                                      "overlap inputs or other outputs",
-                                      fn, outs[i].name, j < n_in ? "input" : "output", o->name);
-        }
+        const neat_named *o = neat_first_overlap(lo, hi, ins, n_in);
+        int is_input = o != NULL;
+        if (!o)
+            o = neat_first_overlap(lo, hi, outs, i);
+        if (o)
+            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                                  "%s: output %s shares memory with %s %s; outputs must not "
+                                  "overlap inputs or other outputs",
+                                  fn, outs[i].name, is_input ? "input" : "output", o->name);
     }
     return NEAT_OK;
 }
 
 /* The inputs of args that are present, with their argument names. */
-static int neat_inputs(const neat_args *args, neat_named *ins, char names[][24])
+static int neat_inputs(const neat_args *args, neat_named *ins)
 {
     int n = 0;
     const neat_named fixed[] = {{"x", args->x}, {"weight", args->weight}, {"bias", args->bias},
@@ -372,7 +384,6 @@ static int neat_inputs(const neat_args *args, neat_named *ins, char names[][24])
         if (fixed[i].t)
             ins[n++] = fixed[i];
     for (int32_t i = 0; i < args->num_hidden; i++) {
-        (void)names;
         ins[n].name = neat_hidden_names[i];
         ins[n++].t = &args->hidden[i];
     }
@@ -530,16 +541,14 @@ neat_status neat_validate_forward(const char *fn, const neat_tensor *y, const ne
         NEAT_TRY(neat_check_view(fn, "y", y, 2, (const int64_t[]){p->N, p->d_out}, desc, 1,
                                  NEAT_ROLE_BASE, p));
         neat_named ins[5 + NEAT_MAX_HIDDEN], out = {"y", y};
-        char names[NEAT_MAX_HIDDEN][24];
-        int n_in = neat_inputs(args, ins, names);
+        int n_in = neat_inputs(args, ins);
         NEAT_TRY(neat_check_overlap(fn, &out, 1, ins, n_in));
     }
     return NEAT_OK;
 }
 
 /* The requested gradients of grads, with their argument names. */
-static int neat_grad_outputs(const neat_grads *grads, const neat_args *args, neat_named *outs,
-                             char names[][24])
+static int neat_grad_outputs(const neat_grads *grads, const neat_args *args, neat_named *outs)
 {
     int n = 0;
     const neat_named gs[] = {{"dx", grads->dx}, {"dweight", grads->dweight},
@@ -550,7 +559,6 @@ static int neat_grad_outputs(const neat_grads *grads, const neat_args *args, nea
     for (int32_t i = 0; grads->dhidden && i < args->num_hidden; i++) {
         if (!grads->dhidden[i].data)
             continue; /* not requested */
-        (void)names;
         outs[n].name = neat_dhidden_names[i];
         outs[n++].t = &grads->dhidden[i];
     }
@@ -605,11 +613,10 @@ neat_status neat_validate_backward(const char *fn, const neat_grads *grads, cons
         }
     }
     neat_named ins[6 + NEAT_MAX_HIDDEN], outs[5 + NEAT_MAX_HIDDEN];
-    char names[NEAT_MAX_HIDDEN][24], dnames[NEAT_MAX_HIDDEN][24];
-    int n_in = neat_inputs(args, ins, names);
+    int n_in = neat_inputs(args, ins);
     if (dy)
         ins[n_in].name = "dy", ins[n_in++].t = dy;
-    int n_out = neat_grad_outputs(grads, args, outs, dnames);
+    int n_out = neat_grad_outputs(grads, args, outs);
     /* a workspace query (dy == NULL) has no buffers worth comparing yet */
     if (dy)
         NEAT_TRY(neat_check_overlap(fn, outs, n_out, ins, n_in));
@@ -628,8 +635,7 @@ neat_status neat_validate_compute_g(const char *fn, const neat_tensor *G, const 
                                                                    : NEAT_ROLE_EITHER,
                                  p));
         neat_named ins[5 + NEAT_MAX_HIDDEN], out = {"G", G};
-        char names[NEAT_MAX_HIDDEN][24];
-        int n_in = neat_inputs(args, ins, names);
+        int n_in = neat_inputs(args, ins);
         NEAT_TRY(neat_check_overlap(fn, &out, 1, ins, n_in));
     }
     return NEAT_OK;
@@ -665,24 +671,22 @@ neat_status neat_validate_workspace(const char *fn, const void *workspace, size_
                               fn, workspace_bytes, workspace);
     uintptr_t hi = lo + workspace_bytes;
     neat_named ins[6 + NEAT_MAX_HIDDEN], outs[6 + NEAT_MAX_HIDDEN];
-    char names[NEAT_MAX_HIDDEN][24], dnames[NEAT_MAX_HIDDEN][24];
-    int n_in = neat_inputs(args, ins, names), n_out = 0;
+    int n_in = neat_inputs(args, ins), n_out = 0;
     if (dy)
         ins[n_in].name = "dy", ins[n_in++].t = dy;
     if (out)
         outs[n_out].name = out_name, outs[n_out++].t = out;
     if (grads)
-        n_out += neat_grad_outputs(grads, args, outs + n_out, dnames);
-    for (int j = 0; j < n_in + n_out; j++) {
-        const neat_named *o = j < n_in ? &ins[j] : &outs[j - n_in];
-        uintptr_t lo2, hi2;
-        neat_byte_range(o->t, &lo2, &hi2);
-        if (lo2 != hi2 && lo < hi2 && lo2 < hi)
-            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
-                                  "%s: workspace (%zu bytes at %p) shares memory with %s %s; the "
-                                  "workspace must not overlap any tensor of the call",
-                                  fn, workspace_bytes, workspace, j < n_in ? "input" : "output",
-                                  o->name);
-    }
+        n_out += neat_grad_outputs(grads, args, outs + n_out);
+    const neat_named *o = neat_first_overlap(lo, hi, ins, n_in);
+    int is_input = o != NULL;
+    if (!o)
+        o = neat_first_overlap(lo, hi, outs, n_out);
+    if (o)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                              "%s: workspace (%zu bytes at %p) shares memory with %s %s; the "
+                              "workspace must not overlap any tensor of the call",
+                              fn, workspace_bytes, workspace, is_input ? "input" : "output",
+                              o->name);
     return NEAT_OK;
 }
