@@ -73,11 +73,6 @@ neat_tensor view(const Tensor &t, const char *op, const char *name) {
   return v;
 }
 
-static void check_weight_2d(const char *op, const Tensor &weight) {
-  if (weight.dim() != 2)
-    fail(op, "weight must be 2-D (d_out, d_in); got shape " + shape_str(weight));
-}
-
 static std::vector<neat_tensor> hidden_views(const char *op, const std::vector<Tensor> &hidden) {
   std::vector<neat_tensor> views;
   views.reserve(hidden.size());
@@ -149,7 +144,7 @@ struct Call {
        const std::optional<Tensor> &bias_t, const Tensor &A_t, const Tensor &B_t,
        const std::vector<Tensor> &hidden_t, const ActivationArg &activation, double scale) {
     if (input.dim() < 1) fail(op, "input must have at least one dimension (..., d_in); got a scalar");
-    check_weight_2d(op, weight_t);
+    check_2d(op, weight_t, "weight", "(d_out, d_in)");
     check_2d(op, A_t, "A", "(r, d_out)");
     check_2d(op, B_t, "B", "(d_out, r)");
     for (size_t i = 0; i < hidden_t.size(); ++i)
@@ -282,7 +277,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> backward
 Tensor compute_g(const char *op, const Tensor &weight, const Tensor &A,
                  const std::vector<Tensor> &hidden, const ActivationArg &activation,
                  const neat_exec &exec) {
-  check_weight_2d(op, weight);
+  check_2d(op, weight, "weight", "(d_out, d_in)");
   check_2d(op, A, "A", "(r, d_out)");
   for (size_t i = 0; i < hidden.size(); ++i)
     check_2d(op, hidden[i], ("hidden[" + std::to_string(i) + "]").c_str(), "(r, r)");

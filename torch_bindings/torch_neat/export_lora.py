@@ -41,7 +41,7 @@ from torch import nn
 
 from . import ops as _ops
 from .config import CONFIG_NAME as NEAT_CONFIG_NAME
-from .layer import NeatLinear, unmerge_factors
+from .layer import NeatLinear, unmerged_copy
 
 __all__ = ["export_lora", "lora_adapter", "export_saved_adapter", "main", "LORA_CONFIG_NAME", "LORA_WEIGHTS_NAME"]
 
@@ -112,9 +112,7 @@ def _original_weight(weight: Tensor, record, peft_copy: Optional[Tensor], merged
     if not merged:
         return weight
     if record is not None:  # torch-neat's exact merge: subtract the recorded factors from a copy
-        original = weight.detach().clone()
-        unmerge_factors(original, record)
-        return original
+        return unmerged_copy(weight, record)
     if peft_copy is not None:  # PEFT's own merge keeps a copy of the original weight
         return peft_copy.to(device=weight.device, dtype=weight.dtype)
     raise ValueError(

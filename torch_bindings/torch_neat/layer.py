@@ -138,6 +138,14 @@ def unmerge_factors(weight: Tensor, rec: MergeRecord) -> None:
         weight[index // d_in, index % d_in] = rec.values
 
 
+@torch.no_grad()
+def unmerged_copy(weight: Tensor, rec: MergeRecord) -> Tensor:
+    """A copy of ``weight`` with the merge ``rec`` describes undone (the weight itself is left merged)."""
+    original = weight.detach().clone()
+    unmerge_factors(original, rec)
+    return original
+
+
 def compute_g(weight: Tensor, A: Tensor, hidden: Sequence[Tensor], activation: str) -> Tensor:
     """G (r, d_in) from the kernels, in the adapter's compute dtype, never part of an autograd graph."""
     ct = kernel_dtype(A.device, A.dtype)
@@ -271,7 +279,7 @@ class NeatLinear(nn.Module):
             y = F.linear(x, weight, bias)
             u = F.linear(x.to(G.dtype), G)
             B = self.neat_B.to(G.dtype)
-            if y.dtype == G.dtype and y.dim() >= 1 and not torch.is_grad_enabled():
+            if y.dtype == G.dtype and not torch.is_grad_enabled():
                 # y += s u B^T in place: no (N, d_out) temporary and no extra pass over y
                 y2 = y.view(-1, y.shape[-1])
                 y2.addmm_(u.reshape(-1, u.shape[-1]), B.t(), alpha=self.scale)

@@ -47,7 +47,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from e
 
 from . import ops as _ops
-from .layer import compute_g, kernel_dtype, merge_factors, op_operands, unmerge_factors
+from .layer import compute_g, kernel_dtype, merge_factors, op_operands, unmerge_factors, unmerged_copy
 
 __all__ = ["accelerate", "install", "uninstall", "is_installed", "NeatPeanutLinear", "SUPPORTED_ACTIVATIONS"]
 
@@ -242,9 +242,7 @@ def _hand_over_to_peft(layer: PeanutLinear) -> None:
     record = layer.__dict__.get("_neat_merge_record")
     if record is None:
         return
-    original = layer.get_base_layer().weight.detach().clone()
-    unmerge_factors(original, record)
-    layer._base_weight_before_merge = original.cpu()
+    layer._base_weight_before_merge = unmerged_copy(layer.get_base_layer().weight, record).cpu()
     layer._neat_merge_record = None
 
 
