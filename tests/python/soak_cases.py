@@ -9,8 +9,9 @@ Two measures, both after a warm-up (thread pool, caches, allocator free lists se
   heap  glibc mallinfo2(): uordblks + hblkhd, the bytes malloc has handed out and not got back (all
         arenas, mmapped chunks included). Exact to the byte: a std::string leaked per call shows as
         its size, e.g. 48 bytes for a heap-allocated string object.
-  rss   resident set size from /proc/self/statm after malloc_trim(0), over the second half of the
-        calls; page-granular and moved by allocator decisions, so a coarser check.
+  rss   resident set size from /proc/self/statm after malloc_trim(0), growth per call over the third
+        and over the fourth quarter of the calls, the smaller of the two; page-granular and moved by
+        allocator decisions, so a coarser check that a steady leak fails and a one-off step passes.
 """
 
 from __future__ import annotations
@@ -77,16 +78,19 @@ HEADER = "| case | calls | heap B/call | RSS B/call | us/call |\n| --- | --- | -
 
 
 def measure(name: str, fn: Callable[[], None], calls: int, warmup: int, threads: int) -> Result:
-    """Heap growth over all `calls`; RSS growth over their second half only.
+    """Heap growth over all `calls`; RSS growth over the third and the fourth quarter, the smaller.
 
     Resident memory settles in steps (the allocator's arenas and mmap threshold, the thread pool's
-    stacks): on the large shape it still grows by about 100 KB over the first thousand calls, then
-    stays flat. A leak grows steadily, so it shows in the second half just as well, and the first
-    half serves as a longer warm-up for this coarser measure.
+    stacks, and Python's own 1 MiB object arenas, which malloc's counters do not see): on the large
+    shape it grows by about 100 KB over the first thousand calls, and a CI run once saw a single
+    step of 850 KB in the second half of its 2,000 calls with the heap exactly flat. A leak grows
+    steadily, so it shows in both late quarters; a one-off step shows in one. The first half is a
+    longer warm-up for this coarser measure.
     """
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     half = calls // 2
+    quarter = (calls - half) // 2
     try:
         for _ in range(warmup):
             fn()
@@ -97,14 +101,19 @@ def measure(name: str, fn: Callable[[], None], calls: int, warmup: int, threads:
             fn()
         _settle()
         rss0 = rss_bytes()
-        for _ in range(calls - half):
+        for _ in range(quarter):
+            fn()
+        _settle()
+        rss1 = rss_bytes()
+        for _ in range(calls - half - quarter):
             fn()
         seconds = time.perf_counter() - t0
         _settle()
-        heap1, rss1 = heap_in_use(), rss_bytes()
+        heap2, rss2 = heap_in_use(), rss_bytes()
     finally:
         torch.set_num_threads(before)
-    return Result(name, calls, (heap1 - heap0) / calls, (rss1 - rss0) / (calls - half), seconds / calls * 1e6)
+    rss_per_call = min((rss1 - rss0) / quarter, (rss2 - rss1) / (calls - half - quarter))
+    return Result(name, calls, (heap2 - heap0) / calls, rss_per_call, seconds / calls * 1e6)
 
 
 # ---------------------------------------------------------------------------------------------

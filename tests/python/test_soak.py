@@ -5,7 +5,8 @@ forward+backward, at several shapes and thread counts, or an error path (a call 
 times after a warm-up (2,000 for the one large shape, see soak_cases.SHAPES), and measures
 
   heap  glibc mallinfo2 bytes in use (exact; the assertion that catches small per-call leaks)
-  rss   resident set size after malloc_trim (page-granular; a coarser second check)
+  rss   resident set size after malloc_trim (page-granular; a coarser second check, taken as the
+        smaller growth of the last two quarters so a one-off allocator step does not fail it)
 
 per call. `pytest -s` prints one table row per case; `python3 tests/python/soak_cases.py` prints the
 whole table.
