@@ -5,14 +5,22 @@
 // some requested gradient needs it:
 //   Z0 = A W, stack forward keeping Z_l, G_l  (cuBLAS + gstack kernels; G also in T)
 //   dU = s dy B                  cuBLAS (N, r) in T              dx, dA, dW, dhidden
+//   dx = dU G (+ dy W)           cuBLAS, the second with beta = 1
 //   U = x G^T; dB = s dy^T U     cuBLAS                          dB
+//   dW = dy^T x                  cuBLAS (linear only)
+//   db = dy^T 1                  cuBLAS against a ones vector (a deterministic column sum)
 //   dG = dU^T x                  cuBLAS (r, d_in) in Acc         dA, dW, dhidden
 //   stack backward -> dZ0, dH    gstack kernels + cuBLAS for dH = dZ G^T (reduction over d_in)
 //   dA = dZ0 W^T                 cuBLAS
-//   dx = dU G (+ dy W)           cuBLAS, the second with beta = 1
-//   dW = (dy^T x +) A^T dZ0      cuBLAS, the second with beta = 1
-//   db = dy^T 1                  cuBLAS against a ones vector (a deterministic column sum)
+//   dW (+)= A^T dZ0              cuBLAS, beta = 1 after dy^T x
 // No atomics anywhere: every reduction is a cuBLAS product, so results are run-to-run identical.
+//
+// dy is read by cuBLAS in place whenever it can be (always from the torch binding). A dy that
+// cuBLAS cannot read (neither stride 1: a broadcast, an every-other-column view) is staged through
+// a bounded scratch instead of copied whole: by blocks of rows for the products that keep dy's
+// rows apart (dU, dx), by blocks of columns for the reductions over N (dB, dW, db), so that every
+// output element is still one product over the full sum, as with a dy read in place. The stage is
+// reserved whatever dy's layout, since the size query does not see dy.
 #include "blas.cuh"
 #include "elementwise.cuh"
 #include "entry.cuh"
@@ -29,12 +37,42 @@ bool wants_hidden(const neat_grads *g, int num_hidden)
     return false;
 }
 
+// Calls f(i0, block) over dy's rows: once with dy itself when cuBLAS can read it, otherwise for
+// blocks of at most stage.rows rows copied into stage (an (rows, d_out) scratch). f must not
+// carve: the size query takes the first branch.
+template <typename F>
+neat_status by_rows(Ctx &ctx, Mat dy, Mat stage, F &&f)
+{
+    if (blas_ready(dy)) return f(int64_t{0}, dy);
+    for (int64_t i0 = 0; i0 < dy.rows; i0 += stage.rows) {
+        const int64_t m = dy.rows - i0 < stage.rows ? dy.rows - i0 : stage.rows;
+        const Mat blk = row_slice(stage, 0, m);
+        NEAT_CUDA_TRY(launch_convert(ctx, blk, row_slice(dy, i0, m)));
+        NEAT_CUDA_TRY(f(i0, blk));
+    }
+    return NEAT_OK;
+}
+
+// The same over dy's columns, blocks of at most stage.cols columns ((N, cols) scratch).
+template <typename F>
+neat_status by_cols(Ctx &ctx, Mat dy, Mat stage, F &&f)
+{
+    if (blas_ready(dy)) return f(int64_t{0}, dy);
+    for (int64_t j0 = 0; j0 < dy.cols; j0 += stage.cols) {
+        const int64_t c = dy.cols - j0 < stage.cols ? dy.cols - j0 : stage.cols;
+        const Mat blk = col_slice(stage, 0, c);
+        NEAT_CUDA_TRY(launch_convert(ctx, blk, col_slice(dy, j0, c)));
+        NEAT_CUDA_TRY(f(j0, blk));
+    }
+    return NEAT_OK;
+}
+
 neat_status backward_plan(Ctx &ctx, const neat_grads *grads, const neat_tensor *dy,
                           const neat_args *args, int with_base)
 {
     const Mat x = mat_of(args->x), W = mat_of(args->weight), A = mat_of(args->A),
               B = mat_of(args->B), dY = mat_of(dy);
-    const int64_t n = x.rows, d_in = W.cols, r = A.rows;
+    const int64_t n = x.rows, d_in = W.cols, d_out = W.rows, r = A.rows;
     const neat_dtype T = W.dt, acc = acc_dtype(T);
     const double s = args->scale;
 
@@ -43,48 +81,92 @@ neat_status backward_plan(Ctx &ctx, const neat_grads *grads, const neat_tensor *
                want_db_ = grads->dB != nullptr, want_dh = wants_hidden(grads, args->num_hidden);
     const bool need_dz0 = want_da || want_dw || want_dh;
     const bool need_g = want_dx || want_db_;
-    if (!(want_dx || need_dz0 || want_db || want_db_)) return NEAT_OK;
+    const bool row_pass = want_dx || need_dz0;                       // dU (and dx)
+    const bool col_pass = want_db_ || (want_dw && with_base) || want_db; // reductions over N
+    if (!(row_pass || col_pass)) return NEAT_OK;
     NEAT_CUDA_TRY(begin_call(ctx));
 
-    Mat xg, Wg, Ag, dyg;
+    Mat xg, Wg, Ag, H[NEAT_MAX_HIDDEN];
     NEAT_CUDA_TRY(ready_input(ctx, x, T, &xg));
     NEAT_CUDA_TRY(ready_input(ctx, W, T, &Wg));
     NEAT_CUDA_TRY(ready_input(ctx, A, T, &Ag));
-    NEAT_CUDA_TRY(ready_input(ctx, dY, T, &dyg));
+    NEAT_CUDA_TRY(prepare_hidden(ctx, args, T, H));
+
+    // The stage for a dy cuBLAS cannot read: one buffer, (stage_r, d_out) blocks of rows for the
+    // row pass, then (N, stage_c) blocks of columns for the column pass (stream-ordered).
+    const int64_t stage_r = stage_rows(n, d_out, T), stage_c = stage_rows(d_out, n, T);
+    const int64_t ld_r = scratch_ld(T, d_out), ld_c = scratch_ld(T, stage_c);
+    const size_t es = dtype_size(T);
+    const size_t row_bytes = row_pass ? static_cast<size_t>(stage_r * ld_r) * es : 0;
+    const size_t col_bytes = col_pass ? static_cast<size_t>(n * ld_c) * es : 0;
+    void *stage = ctx.carve(row_bytes > col_bytes ? row_bytes : col_bytes);
+    Mat stage_by_rows = mat_contig(stage, T, stage_r, d_out);
+    Mat stage_by_cols = mat_contig(stage, T, n, stage_c);
+    stage_by_rows.rs = ld_r;
+    stage_by_cols.rs = ld_c;
 
     // Recompute the forward's G (and, for the stack backward, every level's Z and G).
     Mat Z0 = ctx.scratch(acc, r, d_in);
     NEAT_CUDA_TRY(gemm(ctx, Z0, Ag, Wg, 1.0, 0.0));
     Mat G = need_g ? ctx.scratch(T, r, d_in) : mat_contig(nullptr, T, 0, d_in);
     Stack st;
-    NEAT_CUDA_TRY(stack_forward(ctx, args, Z0, G, /*keep=*/need_dz0, &st));
+    NEAT_CUDA_TRY(stack_forward(ctx, args, H, Z0, G, /*keep=*/need_dz0, &st));
 
     Mat dU;
-    if (want_dx || need_dz0) {
+    if (row_pass) { // dU = s dy B, and dx = dU G (+ dy W), block by block of dy's rows
         Mat Bg;
         NEAT_CUDA_TRY(ready_input(ctx, B, T, &Bg));
         dU = ctx.scratch(T, n, r);
-        NEAT_CUDA_TRY(gemm(ctx, dU, dyg, Bg, s, 0.0));
+        Output dxo;
+        if (want_dx) NEAT_CUDA_TRY(begin_output(ctx, mat_of(grads->dx), T, &dxo));
+        NEAT_CUDA_TRY(by_rows(ctx, dY, stage_by_rows, [&](int64_t i0, const Mat &dyb) {
+            const Mat dUb = row_slice(dU, i0, dyb.rows);
+            NEAT_CUDA_TRY(gemm(ctx, dUb, dyb, Bg, s, 0.0));
+            if (!want_dx) return NEAT_OK;
+            const Mat dxb = row_slice(dxo.work, i0, dyb.rows);
+            NEAT_CUDA_TRY(gemm(ctx, dxb, dUb, G, 1.0, 0.0));
+            return with_base ? gemm(ctx, dxb, dyb, Wg, 1.0, 1.0) : NEAT_OK;
+        }));
+        if (want_dx) NEAT_CUDA_TRY(finish_output(ctx, dxo));
     }
 
-    if (want_db_) { // dB = s dy^T U, U = x G^T
-        Mat U = ctx.scratch(T, n, r);
-        NEAT_CUDA_TRY(gemm(ctx, U, xg, transposed(G), 1.0, 0.0));
-        Output o;
-        NEAT_CUDA_TRY(begin_output(ctx, mat_of(grads->dB), T, &o));
-        NEAT_CUDA_TRY(gemm(ctx, o.work, transposed(dyg), U, s, 0.0));
-        NEAT_CUDA_TRY(finish_output(ctx, o));
+    Output dBo, dWo, dbo;
+    if (col_pass) { // dB = s dy^T U, dW = dy^T x, db = dy^T 1, block by block of dy's columns
+        Mat U, ones;
+        if (want_db_) {
+            U = ctx.scratch(T, n, r);
+            NEAT_CUDA_TRY(gemm(ctx, U, xg, transposed(G), 1.0, 0.0));
+            NEAT_CUDA_TRY(begin_output(ctx, mat_of(grads->dB), T, &dBo));
+        }
+        if (want_dw && with_base) NEAT_CUDA_TRY(begin_output(ctx, mat_of(grads->dweight), T, &dWo));
+        if (want_db) {
+            ones = ctx.scratch(T, n, 1);
+            NEAT_CUDA_TRY(launch_fill(ctx, ones, 1.0));
+            NEAT_CUDA_TRY(begin_output(ctx, mat_of(grads->dbias), T, &dbo));
+        }
+        NEAT_CUDA_TRY(by_cols(ctx, dY, stage_by_cols, [&](int64_t j0, const Mat &dyb) {
+            const Mat dyT = transposed(dyb);
+            const int64_t c = dyb.cols;
+            if (want_db_) NEAT_CUDA_TRY(gemm(ctx, row_slice(dBo.work, j0, c), dyT, U, s, 0.0));
+            if (want_dw && with_base)
+                NEAT_CUDA_TRY(gemm(ctx, row_slice(dWo.work, j0, c), dyT, xg, 1.0, 0.0));
+            if (want_db) NEAT_CUDA_TRY(gemm(ctx, row_slice(dbo.work, j0, c), dyT, ones, 1.0, 0.0));
+            return NEAT_OK;
+        }));
+        if (want_db_) NEAT_CUDA_TRY(finish_output(ctx, dBo));
+        if (want_db) NEAT_CUDA_TRY(finish_output(ctx, dbo));
     }
 
+    if (!need_dz0) return NEAT_OK;
     Mat dZ0T;
-    if (need_dz0) {
+    {
         Mat dG = ctx.scratch(acc, r, d_in);
         NEAT_CUDA_TRY(gemm(ctx, dG, transposed(dU), xg, 1.0, 0.0));
         Mat dZ0 = ctx.scratch(acc, r, d_in);
-        NEAT_CUDA_TRY(stack_backward(ctx, args, grads, st, dG, dZ0));
+        NEAT_CUDA_TRY(stack_backward(ctx, args, H, grads, st, dG, dZ0));
         if (T == acc) {
             dZ0T = dZ0;
-        } else {
+        } else { // the one place an r x d_in intermediate meets W in a product: rounded to T
             dZ0T = ctx.scratch(T, r, d_in);
             NEAT_CUDA_TRY(launch_convert(ctx, dZ0T, dZ0));
         }
@@ -97,33 +179,10 @@ neat_status backward_plan(Ctx &ctx, const neat_grads *grads, const neat_tensor *
         NEAT_CUDA_TRY(finish_output(ctx, o));
     }
 
-    if (want_dx) { // dx = dU G (+ dy W)
-        Output o;
-        NEAT_CUDA_TRY(begin_output(ctx, mat_of(grads->dx), T, &o));
-        NEAT_CUDA_TRY(gemm(ctx, o.work, dU, G, 1.0, 0.0));
-        if (with_base) NEAT_CUDA_TRY(gemm(ctx, o.work, dyg, Wg, 1.0, 1.0));
-        NEAT_CUDA_TRY(finish_output(ctx, o));
-    }
-
-    if (want_dw) { // dW = (dy^T x +) A^T dZ0
-        Output o;
-        NEAT_CUDA_TRY(begin_output(ctx, mat_of(grads->dweight), T, &o));
-        double beta = 0.0;
-        if (with_base) {
-            NEAT_CUDA_TRY(gemm(ctx, o.work, transposed(dyg), xg, 1.0, 0.0));
-            beta = 1.0;
-        }
-        NEAT_CUDA_TRY(gemm(ctx, o.work, transposed(Ag), dZ0T, 1.0, beta));
-        NEAT_CUDA_TRY(finish_output(ctx, o));
-    }
-
-    if (want_db) { // db = dy^T 1
-        Mat ones = ctx.scratch(T, n, 1);
-        NEAT_CUDA_TRY(launch_fill(ctx, ones, 1.0));
-        Output o;
-        NEAT_CUDA_TRY(begin_output(ctx, mat_of(grads->dbias), T, &o));
-        NEAT_CUDA_TRY(gemm(ctx, o.work, transposed(dyg), ones, 1.0, 0.0));
-        NEAT_CUDA_TRY(finish_output(ctx, o));
+    if (want_dw) { // dW (+)= A^T dZ0, after dy^T x of the column pass (linear)
+        if (!with_base) NEAT_CUDA_TRY(begin_output(ctx, mat_of(grads->dweight), T, &dWo));
+        NEAT_CUDA_TRY(gemm(ctx, dWo.work, transposed(Ag), dZ0T, 1.0, with_base ? 1.0 : 0.0));
+        NEAT_CUDA_TRY(finish_output(ctx, dWo));
     }
     return NEAT_OK;
 }
@@ -137,8 +196,8 @@ extern "C" neat_status neat_cuda_backward_workspace_size(const neat_grads *grads
                                                          const neat_args *args, int with_base,
                                                          const neat_exec *exec, size_t *bytes)
 {
-    // The size query sees the same grads and dy views as the compute call, except dy itself:
-    // the plan only needs dy's strides, taken as contiguous here (re-checked by the compute call).
+    // The size query sees the same grads as the compute call but no dy: a contiguous one stands in
+    // (the plan carves the same whatever dy's strides; see the stage above).
     neat_tensor dy{};
     dy.dtype = args->weight->dtype;
     dy.ndim = 2;

@@ -1,7 +1,10 @@
-// blas.cu - cuBLAS handle cache, call setup and the strided GEMM wrapper.
+// blas.cu - cuBLAS handle pools, call setup and the strided GEMM wrapper.
 #include "blas.cuh"
 
+#include <atomic>
 #include <cstdlib>
+#include <mutex>
+#include <vector>
 
 #include "elementwise.cuh"
 
@@ -12,10 +15,74 @@ namespace {
 constexpr int kMaxDevices = 64;
 constexpr size_t kBlasAlign = 256; // cublasSetWorkspace wants 256-byte alignment
 
-// One handle per (thread, device), created on first use and kept for the thread's life (never
-// destroyed: destroying handles at process exit races the CUDA runtime's own teardown). A
-// handle is bound to the caller's stream and workspace at the start of every call.
-thread_local cublasHandle_t t_handles[kMaxDevices] = {};
+// cuBLAS handles, pooled per device as PyTorch pools its own: a thread takes a handle of a device
+// from the pool on its first call there, keeps it while it lives, and gives it back when it exits,
+// so the handles ever created number the most threads that used one device at once, not every
+// thread ever started. Handles are never destroyed (destroying them at process exit races the
+// CUDA runtime's own teardown), and the pool is never freed either: a thread may exit after
+// static destructors have run. A handle is bound to the caller's stream and workspace at the
+// start of every call, so whichever thread held it before does not matter.
+struct HandlePool {
+    std::mutex mutex;
+    std::vector<cublasHandle_t> idle[kMaxDevices];
+};
+
+HandlePool &handle_pool()
+{
+    static HandlePool *pool = new HandlePool; // leaked on purpose, see above
+    return *pool;
+}
+
+struct ThreadHandles {
+    cublasHandle_t h[kMaxDevices] = {};
+    ~ThreadHandles()
+    {
+        HandlePool &pool = handle_pool();
+        std::lock_guard<std::mutex> lock(pool.mutex);
+        for (int d = 0; d < kMaxDevices; ++d)
+            if (h[d]) pool.idle[d].push_back(h[d]);
+    }
+};
+
+thread_local ThreadHandles t_handles;
+
+// This thread's handle for `device` (the current device): its own, one from the pool, or new.
+neat_status thread_handle(Ctx &ctx, int device, cublasHandle_t *out)
+{
+    cublasHandle_t &h = t_handles.h[device];
+    if (!h) {
+        HandlePool &pool = handle_pool();
+        std::lock_guard<std::mutex> lock(pool.mutex);
+        if (!pool.idle[device].empty()) {
+            h = pool.idle[device].back();
+            pool.idle[device].pop_back();
+        }
+    }
+    if (!h) {
+        cublasHandle_t fresh = nullptr;
+        NEAT_CUBLAS_CHECK(ctx, cublasCreate(&fresh));
+        // Products accumulate in their compute type even where cuBLAS would be allowed to reduce
+        // split-K partial sums in a half output type (DESIGN 4: float32 accumulation). TF32 is
+        // chosen per call by the compute type, so the handle's math mode stays the default.
+        // No atomics: results do not depend on the run.
+        const cublasMath_t math = static_cast<cublasMath_t>(
+            CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION);
+        cublasStatus_t st = cublasSetMathMode(fresh, math);
+        if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetAtomicsMode(fresh, CUBLAS_ATOMICS_NOT_ALLOWED);
+        if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetPointerMode(fresh, CUBLAS_POINTER_MODE_HOST);
+        if (st != CUBLAS_STATUS_SUCCESS) {
+            (void)cublasDestroy(fresh);
+            return neat_set_error(NEAT_ERR_BACKEND, "%s: setting up a cuBLAS handle failed: %s",
+                                  ctx.fn, cublasGetStatusString(st));
+        }
+        h = fresh;
+    }
+    *out = h;
+    return NEAT_OK;
+}
+
+// Compute capability major of each device, asked once (0: not asked yet).
+std::atomic<int> g_cc_major[kMaxDevices];
 
 cudaDataType_t blas_type(neat_dtype dt)
 {
@@ -49,18 +116,29 @@ bool blas_form(const Mat &m, bool *col_major, int64_t *ld)
 
 } // namespace
 
-size_t blas_workspace_bytes()
+neat_status blas_workspace_bytes(Ctx &ctx, size_t *bytes)
 {
-    static const size_t bytes = [] {
+    static const long long env_kb = [] {
         const char *env = std::getenv("NEAT_CUBLAS_WORKSPACE_KB");
         if (env && *env) {
             char *end = nullptr;
             unsigned long long kb = std::strtoull(env, &end, 10);
-            if (end && *end == '\0') return static_cast<size_t>(kb) * 1024;
+            if (end && *end == '\0') return static_cast<long long>(kb);
         }
-        return static_cast<size_t>(4) << 20;
+        return -1LL;
     }();
-    return bytes;
+    if (env_kb >= 0) {
+        *bytes = static_cast<size_t>(env_kb) * 1024;
+        return NEAT_OK;
+    }
+    int major = g_cc_major[ctx.device].load(std::memory_order_relaxed);
+    if (major == 0) {
+        NEAT_CUDA_CHECK(ctx, cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor,
+                                                    ctx.device));
+        g_cc_major[ctx.device].store(major, std::memory_order_relaxed);
+    }
+    *bytes = static_cast<size_t>(major >= 9 ? 32 : 4) << 20;
+    return NEAT_OK;
 }
 
 neat_status begin_call(Ctx &ctx)
@@ -69,12 +147,13 @@ neat_status begin_call(Ctx &ctx)
     DeviceScope &scope = ctx.scope;
     ctx.stream = ctx.exec ? static_cast<cudaStream_t>(ctx.exec->stream) : nullptr;
     ctx.carver = neat_carver_begin(ctx.dry ? nullptr : ctx.workspace);
-    const size_t wbytes = blas_workspace_bytes();
-    void *wraw = ctx.carve(wbytes + kBlasAlign);
-    if (ctx.dry) return NEAT_OK;
     if (device < 0 || device >= kMaxDevices)
         return neat_set_error(NEAT_ERR_INVALID_ARGUMENT, "%s: cuda device index %d out of range",
                               ctx.fn, device);
+    size_t wbytes = 0;
+    NEAT_CUDA_TRY(blas_workspace_bytes(ctx, &wbytes));
+    void *wraw = ctx.carve(wbytes + kBlasAlign);
+    if (ctx.dry) return NEAT_OK;
     int cur = -1;
     NEAT_CUDA_CHECK(ctx, cudaGetDevice(&cur));
     if (cur != device) {
@@ -82,14 +161,8 @@ neat_status begin_call(Ctx &ctx)
         scope.prev = cur;
         scope.changed = true;
     }
-    cublasHandle_t &h = t_handles[device];
-    if (!h) {
-        NEAT_CUBLAS_CHECK(ctx, cublasCreate(&h));
-        // Plain float32 arithmetic (no TF32), no atomics: results do not depend on the run.
-        NEAT_CUBLAS_CHECK(ctx, cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
-        NEAT_CUBLAS_CHECK(ctx, cublasSetAtomicsMode(h, CUBLAS_ATOMICS_NOT_ALLOWED));
-        NEAT_CUBLAS_CHECK(ctx, cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST));
-    }
+    cublasHandle_t h = nullptr;
+    NEAT_CUDA_TRY(thread_handle(ctx, device, &h));
     // SetStream resets the workspace to cuBLAS's own pool, so the workspace comes second.
     NEAT_CUBLAS_CHECK(ctx, cublasSetStream(h, ctx.stream));
     uintptr_t u = reinterpret_cast<uintptr_t>(wraw);
@@ -149,10 +222,13 @@ neat_status gemm(Ctx &ctx, Mat C, Mat A, Mat B, double alpha, double beta)
                                                CUBLAS_COMPUTE_64F, CUBLAS_GEMM_DEFAULT));
     } else {
         const float a = static_cast<float>(alpha), b = static_cast<float>(beta);
+        // TF32 only ever for float32 inputs (half inputs already have fewer mantissa bits)
+        const cublasComputeType_t compute = A.dt == NEAT_FLOAT32 && ctx.allow_tf32()
+                                                ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                : CUBLAS_COMPUTE_32F;
         NEAT_CUBLAS_CHECK(ctx, cublasGemmEx_64(ctx.blas, opx, opy, m, n, k, &a, X.p, blas_type(A.dt),
                                                ldx, Y.p, blas_type(A.dt), ldy, &b, Cm.p,
-                                               blas_type(C.dt), ldc, CUBLAS_COMPUTE_32F,
-                                               CUBLAS_GEMM_DEFAULT));
+                                               blas_type(C.dt), ldc, compute, CUBLAS_GEMM_DEFAULT));
     }
     return NEAT_OK;
 }

@@ -1,14 +1,17 @@
-// blas.cuh - cuBLAS behind the backend: per-(thread, device) handle cache, a typed GEMM on
-// row-major strided views, and the operand preparation that makes a view acceptable to cuBLAS.
+// blas.cuh - cuBLAS behind the backend: per-device handle pools (a handle per thread and device
+// while the thread lives), a typed GEMM on row-major strided views, and the operand preparation
+// that makes a view acceptable to cuBLAS.
 #pragma once
 
 #include "common.cuh"
 
 namespace neat_cuda {
 
-// Bytes of the caller's workspace handed to cuBLAS (cublasSetWorkspace) on `device`.
-// NEAT_CUBLAS_WORKSPACE_KB in the environment overrides the default (4 MiB).
-size_t blas_workspace_bytes();
+// Bytes of the caller's workspace handed to cuBLAS (cublasSetWorkspace) on ctx.device: 32 MiB on
+// compute capability 9.0 and newer (Hopper's kernels want that much, as PyTorch gives them), 4 MiB
+// before. NEAT_CUBLAS_WORKSPACE_KB in the environment overrides both. Asks the runtime for the
+// device's compute capability once per device (no synchronisation); an error is a backend error.
+neat_status blas_workspace_bytes(Ctx &ctx, size_t *bytes);
 
 // True when cuBLAS can read m in place: one of its strides is 1 and the other a valid
 // leading dimension (size-1 dims may have any stride).
@@ -16,8 +19,9 @@ bool blas_ready(const Mat &m);
 
 // C = alpha * A B + beta * C for row-major logical views C (M, N), A (M, K), B (K, N).
 // A and B share a dtype; C has that dtype, or float32 when A and B are half. Each view must be
-// blas_ready. Accumulation in float32 (float64 for float64), no TF32. beta == 0: C is not read.
-// K == 0 writes beta * C. No-op when ctx.dry.
+// blas_ready. Accumulation in float32 (float64 for float64), never reduced to a half output type
+// on the way; float32 inputs are rounded to TF32 only when ctx.allow_tf32(). beta == 0: C is not
+// read. K == 0 writes beta * C. No-op when ctx.dry.
 neat_status gemm(Ctx &ctx, Mat C, Mat A, Mat B, double alpha, double beta);
 
 // *out = in when it already has dtype `want` and is blas_ready; otherwise a contiguous copy in

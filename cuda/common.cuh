@@ -5,7 +5,8 @@
 //   - Ctx: one backend call: stream, cuBLAS handle, the caller's workspace being carved, and a
 //     dry-run flag. The *_workspace_size functions run the very same code as the compute calls
 //     with dry = true (no launch, no pointer dereferenced), so the size reported and the bytes
-//     used can never drift apart.
+//     used can never drift apart. Scratch matrices are row-major with rows padded to 16 bytes
+//     (cuBLAS's tensor-core paths want 16-byte aligned columns), the padding carved like the rest.
 //   - checks that turn CUDA / cuBLAS failures into neat_set_error(NEAT_ERR_BACKEND, ...).
 //   - device-side dtype conversion (load any dtype as the accumulation type, store back).
 #pragma once
@@ -142,6 +143,36 @@ inline Mat col_slice(Mat m, int64_t c0, int64_t n)
     return s;
 }
 
+// Rows [r0, r0 + n) of m.
+inline Mat row_slice(Mat m, int64_t r0, int64_t n)
+{
+    return transposed(col_slice(transposed(m), r0, n));
+}
+
+// Leading dimension (row stride) of a scratch matrix with `cols` columns of dt: rows start on
+// 16-byte boundaries (the carver aligns the first). A single column stays dense.
+inline int64_t scratch_ld(neat_dtype dt, int64_t cols)
+{
+    const int64_t per16 = 16 / static_cast<int64_t>(dtype_size(dt));
+    if (cols <= 1) return 1;
+    return (cols + per16 - 1) / per16 * per16;
+}
+
+// Bytes a block of rows of a (rows, cols) operand may take when it has to be staged through
+// scratch (an output or a dy that cuBLAS cannot take in place): the stage is at most this, or one
+// row (column) when that is more. Reserved by every call that may need it, so that the size
+// query, which sees neither y nor dy, reports what the call will use.
+constexpr size_t kStageBytes = size_t(1) << 20;
+
+// Rows of a (rows, cols) matrix of dt per stage block: in [1, rows] (1 when rows == 0).
+inline int64_t stage_rows(int64_t rows, int64_t cols, neat_dtype dt)
+{
+    const int64_t row_bytes = scratch_ld(dt, cols) * static_cast<int64_t>(dtype_size(dt));
+    int64_t b = row_bytes > 0 ? static_cast<int64_t>(kStageBytes) / row_bytes : rows;
+    if (b > rows) b = rows;
+    return b < 1 ? 1 : b;
+}
+
 inline int64_t numel(const Mat &m) { return m.rows * m.cols; }
 
 // ---- one backend call -------------------------------------------------------------------------
@@ -171,12 +202,17 @@ struct Ctx {
     DeviceScope scope;
 
     void *carve(size_t bytes) { return neat_carve(&carver, bytes); }
-    // A contiguous (rows, cols) scratch matrix.
+    // A row-major (rows, cols) scratch matrix, row stride scratch_ld(dt, cols).
     Mat scratch(neat_dtype dt, int64_t rows, int64_t cols)
     {
-        size_t n = static_cast<size_t>(rows > 0 ? rows : 0) * static_cast<size_t>(cols > 0 ? cols : 0);
-        return mat_contig(carve(n * dtype_size(dt)), dt, rows, cols);
+        const int64_t ld = scratch_ld(dt, cols);
+        size_t n = static_cast<size_t>(rows > 0 ? rows : 0) * static_cast<size_t>(cols > 0 ? ld : 0);
+        Mat m = mat_contig(carve(n * dtype_size(dt)), dt, rows, cols);
+        m.rs = ld;
+        return m;
     }
+    // float32 products may round their inputs to TF32 (neat_exec.allow_tf32).
+    bool allow_tf32() const { return exec && exec->allow_tf32 != 0; }
 };
 
 // Opens a call that has work to do: starts carving the workspace, and (unless dry) selects the

@@ -1,5 +1,6 @@
 // compute_g.cu - neat_cuda_compute_g: G = stack(act(A W)), (r, d_in), written in G's own dtype
-// and strides (the last stack kernel or a convert writes it, so any view works).
+// and strides (the last stack kernel or a convert writes it, so any view works). A and the hidden
+// weights are rounded to W's dtype first when they are float32 with a half W (as in the forward).
 #include "blas.cuh"
 #include "entry.cuh"
 #include "gstack.cuh"
@@ -14,15 +15,16 @@ neat_status compute_g_plan(Ctx &ctx, neat_tensor *G, const neat_args *args)
     if (r == 0 || d_in == 0) return NEAT_OK;
     const neat_dtype T = W.dt, acc = acc_dtype(T);
     NEAT_CUDA_TRY(begin_call(ctx));
-    Mat Wg, Ag;
+    Mat Wg, Ag, H[NEAT_MAX_HIDDEN];
     NEAT_CUDA_TRY(ready_input(ctx, W, T, &Wg));
     NEAT_CUDA_TRY(ready_input(ctx, A, T, &Ag));
+    NEAT_CUDA_TRY(prepare_hidden(ctx, args, T, H));
     Mat Z0 = ctx.scratch(acc, r, d_in);
     NEAT_CUDA_TRY(gemm(ctx, Z0, Ag, Wg, 1.0, 0.0));
     // The size query has no G; its dtype and strides do not change the workspace.
     Mat out = G ? mat_of(G) : mat_contig(nullptr, T, r, d_in);
     Stack st;
-    return stack_forward(ctx, args, Z0, out, /*keep=*/false, &st);
+    return stack_forward(ctx, args, H, Z0, out, /*keep=*/false, &st);
 }
 
 } // namespace

@@ -1,9 +1,10 @@
 // entry.cuh - how every neat_cuda_* entry point runs its plan (internal).
 //
 // A plan is a function of Ctx that carves its workspace and launches its work; with ctx.dry it
-// only carves. The size query runs the plan dry. The compute call runs it dry first with the
-// real outputs (an output that cuBLAS cannot write needs scratch the size query could not see),
-// checks the caller's buffer against that, then runs it for real.
+// only carves. The size query runs the plan dry. The compute call runs it dry again with the
+// real y / dy (which the query does not see), checks that this carves no more than the query
+// reported (plans never let the layout of y or dy change what they carve: one that cuBLAS cannot
+// take goes through a stage reserved either way), then runs it for real.
 #pragma once
 
 #include "common.cuh"
@@ -29,12 +30,13 @@ neat_status plan_run(const char *fn, int device, const neat_exec *exec, void *wo
 {
     size_t need = 0;
     NEAT_CUDA_TRY(plan_size(fn, device, exec, &need, plan));
+    // ops/dispatch.c has checked workspace_bytes against the size query already; this only
+    // trips if the plan carved differently with the real y or dy, a bug of this backend.
     if (need > workspace_bytes || (need > 0 && !workspace))
-        return neat_set_error(NEAT_ERR_WORKSPACE,
-                              "%s: these arguments need %zu bytes of workspace; got %zu%s (an "
-                              "output with no unit stride needs scratch the size query cannot "
-                              "foresee: give it a unit stride)",
-                              fn, need, workspace_bytes, workspace ? "" : " at a NULL pointer");
+        return neat_set_error(NEAT_ERR_INTERNAL,
+                              "%s: the call needs %zu bytes of workspace but its size query "
+                              "reported less (%zu bytes given): a bug in the CUDA backend",
+                              fn, need, workspace_bytes);
     Ctx ctx;
     ctx.fn = fn;
     ctx.dry = false;

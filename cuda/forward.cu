@@ -1,14 +1,18 @@
-// forward.cu - neat_cuda_forward: y = [x W^T + b +] s (x G^T) B^T on the caller's stream.
+// forward.cu - neat_cuda_forward: y = [x W^T + b +] s (x G^T) B^T on the caller's stream, and
+// neat_cuda_lowrank_forward: the same from a given G.
 //
 // Launch sequence (T = x's dtype, Acc = float32, or float64 for float64):
-//   Z0 = A W                        cuBLAS, (r, d_in) in Acc   (A converted to T when it is not)
+//   Z0 = A W                        cuBLAS, (r, d_in) in Acc   (A, H converted to T if they are not)
 //   G  = stack(Z0)                  gstack kernels, written in T
-//   U  = x G^T                      cuBLAS, (N, r) in T, into the first r columns of Ucat
-//   y  = Ucat Bcat^T                cuBLAS, K = r (+1): Bcat = [s B | b], Ucat = [U | 1], so the
+//   U  = s x G^T                    cuBLAS, (N, r) in T, into the first r columns of Ucat (the
+//                                   scale rides in alpha: B is used as given, rounded, unscaled)
+//   y  = Ucat Bcat^T                cuBLAS, K = r (+1): Bcat = [B | b], Ucat = [s U | 1], so the
 //                                   bias rides along in the rank-r product (no extra pass over y)
 //   y += x W^T                      cuBLAS, beta = 1 (linear only)
 // The main product runs last with beta = 1 so y is written once by the small product and read
-// once in the big product's epilogue. The d_out x d_in update matrix is never formed.
+// once in the big product's epilogue. The d_out x d_in update matrix is never formed. A y that
+// cuBLAS cannot write (neither stride 1) gets both products block by block of rows in a bounded
+// stage, then a copy; the stage is reserved whatever y's layout, since the size query has no y.
 #include "blas.cuh"
 #include "elementwise.cuh"
 #include "entry.cuh"
@@ -16,6 +20,46 @@
 
 namespace neat_cuda {
 namespace {
+
+// The part of the forward after G: U = s x G^T, then y = [U | 1] [B | b]^T [+ x W^T]. xg, Wg and
+// G are blas_ready in T (W's dtype); B and bias may be in the parameter dtype.
+neat_status project(Ctx &ctx, neat_tensor *y, const Mat &xg, const Mat *Wg, const Mat &G,
+                    const Mat &B, const Mat &bias, bool has_bias, double scale)
+{
+    const neat_dtype T = G.dt;
+    const int64_t n = xg.rows, d_out = B.rows, r = G.rows, hb = has_bias ? 1 : 0;
+    Mat Ucat = ctx.scratch(T, n, r + hb);
+    // s U rounded once to T; B (a float32 B of a mixed call rounded to T) is never pre-scaled,
+    // so the rounding does not depend on the bias, B's layout or the scale
+    NEAT_CUDA_TRY(gemm(ctx, col_slice(Ucat, 0, r), xg, transposed(G), scale, 0.0));
+    Mat Bc;
+    if (!has_bias && B.dt == T && blas_ready(B)) {
+        Bc = B;
+    } else {
+        Bc = ctx.scratch(T, d_out, r + hb);
+        NEAT_CUDA_TRY(launch_convert(ctx, col_slice(Bc, 0, r), B));
+        if (hb) {
+            NEAT_CUDA_TRY(launch_fill(ctx, col_slice(Ucat, r, 1), 1.0));
+            NEAT_CUDA_TRY(launch_convert(ctx, col_slice(Bc, r, 1), bias));
+        }
+    }
+
+    // The stage for a y cuBLAS cannot write; the size query (no y) carves it just the same.
+    Mat stage = ctx.scratch(T, stage_rows(n, d_out, T), d_out);
+    const Mat yv = y ? mat_of(y) : mat_contig(nullptr, T, n, d_out);
+    if (blas_ready(yv)) {
+        NEAT_CUDA_TRY(gemm(ctx, yv, Ucat, transposed(Bc), 1.0, 0.0));
+        return Wg ? gemm(ctx, yv, xg, transposed(*Wg), 1.0, 1.0) : NEAT_OK;
+    }
+    for (int64_t i0 = 0; i0 < n && !ctx.dry; i0 += stage.rows) {
+        const int64_t m = n - i0 < stage.rows ? n - i0 : stage.rows;
+        const Mat blk = row_slice(stage, 0, m);
+        NEAT_CUDA_TRY(gemm(ctx, blk, row_slice(Ucat, i0, m), transposed(Bc), 1.0, 0.0));
+        if (Wg) NEAT_CUDA_TRY(gemm(ctx, blk, row_slice(xg, i0, m), transposed(*Wg), 1.0, 1.0));
+        NEAT_CUDA_TRY(launch_convert(ctx, row_slice(yv, i0, m), blk));
+    }
+    return NEAT_OK;
+}
 
 neat_status forward_plan(Ctx &ctx, neat_tensor *y, const neat_args *args, int with_base)
 {
@@ -31,39 +75,32 @@ neat_status forward_plan(Ctx &ctx, neat_tensor *y, const neat_args *args, int wi
     NEAT_CUDA_TRY(ready_input(ctx, W, T, &Wg));
     NEAT_CUDA_TRY(ready_input(ctx, A, T, &Ag));
 
+    Mat H[NEAT_MAX_HIDDEN];
+    NEAT_CUDA_TRY(prepare_hidden(ctx, args, T, H));
+
     Mat Z0 = ctx.scratch(acc, r, d_in);
     NEAT_CUDA_TRY(gemm(ctx, Z0, Ag, Wg, 1.0, 0.0));
     Mat G = ctx.scratch(T, r, d_in);
     Stack st;
-    NEAT_CUDA_TRY(stack_forward(ctx, args, Z0, G, /*keep=*/false, &st));
+    NEAT_CUDA_TRY(stack_forward(ctx, args, H, Z0, G, /*keep=*/false, &st));
 
-    const int64_t hb = args->bias ? 1 : 0;
-    Mat Ucat = ctx.scratch(T, n, r + hb);
-    NEAT_CUDA_TRY(gemm(ctx, col_slice(Ucat, 0, r), xg, transposed(G), 1.0, 0.0));
-    Mat Bc;
-    double alpha = 1.0;
-    if (!args->bias && B.dt == T && blas_ready(B)) {
-        Bc = B;
-        alpha = args->scale;
-    } else {
-        Bc = ctx.scratch(T, d_out, r + hb);
-        NEAT_CUDA_TRY(launch_convert(ctx, col_slice(Bc, 0, r), B, args->scale));
-        if (hb) {
-            NEAT_CUDA_TRY(launch_fill(ctx, col_slice(Ucat, r, 1), 1.0));
-            NEAT_CUDA_TRY(launch_convert(ctx, col_slice(Bc, r, 1), mat_of(args->bias)));
-        }
-    }
+    return project(ctx, y, xg, with_base ? &Wg : nullptr, G, B,
+                   args->bias ? mat_of(args->bias) : Mat{}, args->bias != nullptr, args->scale);
+}
 
-    // The size query has no y: it assumes one cuBLAS can write (the binding's always is).
-    Output yo;
-    if (y) {
-        NEAT_CUDA_TRY(begin_output(ctx, mat_of(y), T, &yo));
-    } else {
-        yo.work = yo.user = mat_contig(nullptr, T, n, d_out);
-    }
-    NEAT_CUDA_TRY(gemm(ctx, yo.work, Ucat, transposed(Bc), alpha, 0.0));
-    if (with_base) NEAT_CUDA_TRY(gemm(ctx, yo.work, xg, transposed(Wg), 1.0, 1.0));
-    return finish_output(ctx, yo);
+// y = x W^T + b + s (x G^T) B^T from a given G (in the parameter dtype or W's).
+neat_status lowrank_plan(Ctx &ctx, neat_tensor *y, const neat_lowrank_args *la)
+{
+    const Mat x = mat_of(la->x), W = mat_of(la->weight), G = mat_of(la->G), B = mat_of(la->B);
+    if (x.rows == 0 || W.rows == 0) return NEAT_OK; // y is empty
+    const neat_dtype T = W.dt;
+    NEAT_CUDA_TRY(begin_call(ctx));
+    Mat xg, Wg, Gg;
+    NEAT_CUDA_TRY(ready_input(ctx, x, T, &xg));
+    NEAT_CUDA_TRY(ready_input(ctx, W, T, &Wg));
+    NEAT_CUDA_TRY(ready_input(ctx, G, T, &Gg));
+    return project(ctx, y, xg, &Wg, Gg, B, la->bias ? mat_of(la->bias) : Mat{},
+                   la->bias != nullptr, la->scale);
 }
 
 } // namespace
@@ -84,4 +121,20 @@ extern "C" neat_status neat_cuda_forward(neat_tensor *y, const neat_args *args, 
 {
     return plan_run("neat_cuda_forward", args->x->device.index, exec, workspace, workspace_bytes,
                     [&](Ctx &ctx) { return forward_plan(ctx, y, args, with_base); });
+}
+
+extern "C" neat_status neat_cuda_lowrank_forward_workspace_size(const neat_lowrank_args *args,
+                                                                const neat_exec *exec,
+                                                                size_t *bytes)
+{
+    return plan_size("neat_cuda_lowrank_forward", args->x->device.index, exec, bytes,
+                     [&](Ctx &ctx) { return lowrank_plan(ctx, nullptr, args); });
+}
+
+extern "C" neat_status neat_cuda_lowrank_forward(neat_tensor *y, const neat_lowrank_args *args,
+                                                 void *workspace, size_t workspace_bytes,
+                                                 const neat_exec *exec)
+{
+    return plan_run("neat_cuda_lowrank_forward", args->x->device.index, exec, workspace,
+                    workspace_bytes, [&](Ctx &ctx) { return lowrank_plan(ctx, y, args); });
 }

@@ -2,9 +2,33 @@
  * activation_impl.h - activations written once, included by activation.c with T and SFX
  * defined; <tgmath.h> there picks erff/erf, tanhf/tanh, ... from T.
  */
+#ifndef NEAT_2PI
+#define NEAT_2PI 6.28318530717958647693 /* 2 pi */
+#endif
+
 #define NEAT_CAT_(a, b) a##b
 #define NEAT_CAT(a, b) NEAT_CAT_(a, b)
 #define NEAT_FN(name) NEAT_CAT(name, SFX)
+
+/*
+ * sin(2 pi z) (want_cos = 0) or cos(2 pi z) (want_cos = 1) to about one ulp for every finite z.
+ * The plain sin((T)2pi * z) rounds the product, an error that grows with |z| (1e-6 at |z| ~ 1 in
+ * float). Here the reduction is exact: f = z - rint(z) and t = f - n/4 (|t| <= 1/8) lose nothing,
+ * so only 2 pi t (|.| <= pi/4) is rounded, and sin(2 pi z) = sin(2 pi t + n pi/2). Non-finite z
+ * gives NaN through f.
+ */
+static T NEAT_FN(neat_sincos2pi_)(T z, int want_cos)
+{
+    T f = z - rint(z);           /* exact, |f| <= 1/2 */
+    T n = rint((T)4 * f);        /* -2..2: the quarter turn */
+    T t = f - n * (T)0.25;       /* exact, |t| <= 1/8 */
+    T x = (T)NEAT_2PI * t;
+    T s = sin(x), c = cos(x);
+    if (n == 1) return want_cos ? -s : c;
+    if (n == -1) return want_cos ? s : -c;
+    if (n == 2 || n == -2) return want_cos ? -c : -s;
+    return want_cos ? c : s; /* n == 0, or NaN */
+}
 
 static T NEAT_FN(neat_act_)(neat_activation act, T z)
 {
@@ -24,6 +48,8 @@ static T NEAT_FN(neat_act_)(neat_activation act, T z)
         return z / ((T)1 + exp(-z));
     case NEAT_ACT_TANH:
         return tanh(z);
+    case NEAT_ACT_SIN2PI:
+        return NEAT_FN(neat_sincos2pi_)(z, 0);
     case NEAT_ACT_IDENTITY:
     default:
         return z;
@@ -57,6 +83,8 @@ static T NEAT_FN(neat_act_grad_)(neat_activation act, T z)
         T t = tanh(z);
         return (T)1 - t * t;
     }
+    case NEAT_ACT_SIN2PI:
+        return (T)NEAT_2PI * NEAT_FN(neat_sincos2pi_)(z, 1);
     case NEAT_ACT_IDENTITY:
     default:
         return (T)1;

@@ -35,10 +35,19 @@ extern "C" {
     neat_status prefix##_compute_g(neat_tensor *G, const neat_args *args, void *workspace,      \
                                    size_t workspace_bytes, const neat_exec *exec);
 
+#define NEAT_DECLARE_LOWRANK(prefix)                                                            \
+    neat_status prefix##_lowrank_forward_workspace_size(const neat_lowrank_args *args,          \
+                                                        const neat_exec *exec, size_t *bytes);  \
+    neat_status prefix##_lowrank_forward(neat_tensor *y, const neat_lowrank_args *args,         \
+                                         void *workspace, size_t workspace_bytes,               \
+                                         const neat_exec *exec);
+
 NEAT_DECLARE_BACKEND(neat_cpu)
+NEAT_DECLARE_LOWRANK(neat_cpu)
 
 #ifdef NEAT_WITH_CUDA
 NEAT_DECLARE_BACKEND(neat_cuda)
+NEAT_DECLARE_LOWRANK(neat_cuda)
 #endif
 
 /* Sets the thread-local message (printf-style) and returns status; used by every backend. */

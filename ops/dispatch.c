@@ -17,12 +17,16 @@ typedef struct neat_backend {
     neat_status (*compute_g_workspace_size)(const neat_args *, const neat_exec *, size_t *);
     neat_status (*compute_g)(neat_tensor *, const neat_args *, void *, size_t,
                              const neat_exec *);
+    neat_status (*lowrank_workspace_size)(const neat_lowrank_args *, const neat_exec *, size_t *);
+    neat_status (*lowrank)(neat_tensor *, const neat_lowrank_args *, void *, size_t,
+                           const neat_exec *);
 } neat_backend;
 
 static const neat_backend neat_cpu_backend = {
     neat_cpu_forward_workspace_size,  neat_cpu_forward,
     neat_cpu_backward_workspace_size, neat_cpu_backward,
     neat_cpu_compute_g_workspace_size, neat_cpu_compute_g,
+    neat_cpu_lowrank_forward_workspace_size, neat_cpu_lowrank_forward,
 };
 
 #ifdef NEAT_WITH_CUDA
@@ -30,6 +34,7 @@ static const neat_backend neat_cuda_backend = {
     neat_cuda_forward_workspace_size,  neat_cuda_forward,
     neat_cuda_backward_workspace_size, neat_cuda_backward,
     neat_cuda_compute_g_workspace_size, neat_cuda_compute_g,
+    neat_cuda_lowrank_forward_workspace_size, neat_cuda_lowrank_forward,
 };
 #endif
 
@@ -253,5 +258,50 @@ neat_status neat_compute_g(neat_tensor *G, const neat_args *args, void *workspac
         st = neat_validate_workspace(fn, workspace, workspace_bytes, args, NULL, "G", G, NULL);
     if (st == NEAT_OK)
         st = be->compute_g(G, args, workspace, workspace_bytes, exec);
+    return st;
+}
+
+/* ---- inference with G kept ---- */
+
+neat_status neat_lowrank_forward_workspace_size(const neat_lowrank_args *args,
+                                                const neat_exec *exec, size_t *bytes)
+{
+    const char *fn = "neat_lowrank_forward_workspace_size";
+    neat_problem p;
+    if (!bytes)
+        return neat_null_out(fn, "bytes");
+    neat_status st = neat_validate_lowrank(fn, NULL, args, &p);
+    if (st == NEAT_OK)
+        st = neat_validate_exec(fn, exec);
+    if (st != NEAT_OK)
+        return st;
+    const neat_backend *be = neat_backend_for(fn, &p);
+    return be ? be->lowrank_workspace_size(args, exec, bytes) : NEAT_ERR_UNSUPPORTED;
+}
+
+neat_status neat_lowrank_forward(neat_tensor *y, const neat_lowrank_args *args, void *workspace,
+                                 size_t workspace_bytes, const neat_exec *exec)
+{
+    const char *fn = "neat_lowrank_forward";
+    neat_problem p;
+    if (!y)
+        return neat_null_out(fn, "y");
+    neat_status st = neat_validate_lowrank(fn, y, args, &p);
+    if (st == NEAT_OK)
+        st = neat_validate_exec(fn, exec);
+    if (st != NEAT_OK)
+        return st;
+    const neat_backend *be = neat_backend_for(fn, &p);
+    if (!be)
+        return NEAT_ERR_UNSUPPORTED;
+    size_t need = 0;
+    st = be->lowrank_workspace_size(args, exec, &need);
+    if (st == NEAT_OK)
+        st = neat_check_workspace(fn, "neat_lowrank_forward_workspace_size", need, workspace,
+                                  workspace_bytes);
+    if (st == NEAT_OK)
+        st = neat_validate_lowrank_workspace(fn, workspace, workspace_bytes, args, y);
+    if (st == NEAT_OK)
+        st = be->lowrank(y, args, workspace, workspace_bytes, exec);
     return st;
 }

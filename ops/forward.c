@@ -4,6 +4,7 @@
  *   U = x G^T                    (N, r)
  *   linear:  y = x W^T + s U B^T + b
  *   adapter: y = s U B^T
+ *   lowrank: y = x W^T + s U B^T + b with G given (inference with G kept)
  * The d_out x d_in update s B G is never formed.
  */
 #include "backend.h"
@@ -95,5 +96,51 @@ neat_status neat_cpu_compute_g(neat_tensor *G, const neat_args *args, void *work
 {
     (void)workspace_bytes;
     neat_gstack_forward(args, G->data, G->strides[0], G->strides[1], workspace, exec);
+    return NEAT_OK;
+}
+
+/* U (N, r) then the GEMM's scratch; the one layout of the size query and the call. */
+static size_t neat_lowrank_layout(const neat_lowrank_args *la, const neat_exec *exec,
+                                  void *workspace, void **U, void **scratch)
+{
+    neat_dtype dt = la->weight->dtype;
+    size_t es = dt == NEAT_FLOAT64 ? sizeof(double) : sizeof(float);
+    int64_t N = la->x->sizes[0], d_in = la->weight->sizes[1];
+    int64_t d_out = la->weight->sizes[0], r = la->G->sizes[0];
+    int32_t lanes = neat_exec_lanes(exec);
+    size_t gu = neat_gemm_scratch_bytes_mnk(dt, N, r, d_in, lanes);
+    size_t gy = neat_gemm_ex_scratch_bytes(dt, N, d_out, d_in, r, lanes);
+    neat_carver c = neat_carver_begin(workspace);
+    *U = neat_carve(&c, (size_t)(N * r) * es);
+    *scratch = neat_carve(&c, gu > gy ? gu : gy);
+    return c.used;
+}
+
+neat_status neat_cpu_lowrank_forward_workspace_size(const neat_lowrank_args *la,
+                                                    const neat_exec *exec, size_t *bytes)
+{
+    void *U, *scratch;
+    *bytes = neat_lowrank_layout(la, exec, NULL, &U, &scratch);
+    return NEAT_OK;
+}
+
+neat_status neat_cpu_lowrank_forward(neat_tensor *y, const neat_lowrank_args *la, void *workspace,
+                                     size_t workspace_bytes, const neat_exec *exec)
+{
+    (void)workspace_bytes; /* checked by dispatch against the same layout */
+    void *U, *scratch;
+    neat_lowrank_layout(la, exec, workspace, &U, &scratch);
+    const neat_tensor *x = la->x, *W = la->weight, *G = la->G, *B = la->B;
+    neat_dtype dt = W->dtype;
+    int64_t N = x->sizes[0], d_in = W->sizes[1], d_out = W->sizes[0], r = G->sizes[0];
+    /* U = x G^T */
+    neat_gemm(dt, N, r, d_in, 1.0, x->data, x->strides[0], x->strides[1], G->data, G->strides[1],
+              G->strides[0], 0.0, U, r, 1, scratch, exec);
+    neat_gemm_extra ex = {r, la->scale, U, r, 1, B->data, B->strides[1], B->strides[0],
+                          la->bias ? la->bias->data : NULL, 0,
+                          la->bias ? la->bias->strides[0] : 0};
+    neat_gemm_ex(dt, N, d_out, d_in, 1.0, x->data, x->strides[0], x->strides[1], W->data,
+                 W->strides[1], W->strides[0], 0.0, y->data, y->strides[0], y->strides[1], &ex,
+                 scratch, exec);
     return NEAT_OK;
 }

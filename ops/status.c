@@ -48,10 +48,11 @@ neat_status neat_set_error(neat_status status, const char *fmt, ...)
 static const char *const neat_activation_names[] = {
     [NEAT_ACT_RELU] = "relu",         [NEAT_ACT_SIN] = "sin",   [NEAT_ACT_GELU] = "gelu",
     [NEAT_ACT_GELU_TANH] = "gelu_tanh", [NEAT_ACT_SILU] = "silu", [NEAT_ACT_TANH] = "tanh",
-    [NEAT_ACT_IDENTITY] = "identity",
+    [NEAT_ACT_IDENTITY] = "identity", [NEAT_ACT_SIN2PI] = "sin2pi",
 };
 
 #define NEAT_NUM_ACTIVATIONS ((int)(sizeof neat_activation_names / sizeof neat_activation_names[0]))
+_Static_assert(NEAT_NUM_ACTIVATIONS == NEAT_ACT_LAST + 1, "a neat_activation has no name");
 
 const char *neat_activation_name(neat_activation act)
 {
@@ -73,7 +74,7 @@ neat_status neat_activation_from_name(const char *name, neat_activation *out)
     }
     return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
                           "neat_activation_from_name: unknown activation \"%.64s\"; expected one "
-                          "of relu, sin, gelu, gelu_tanh, silu, tanh, identity",
+                          "of relu, sin, gelu, gelu_tanh, silu, tanh, identity, sin2pi",
                           name);
 }
 

@@ -281,9 +281,9 @@ static neat_status neat_check_view(const char *fn, const char *name, const neat_
                                   "their gradients must share one dtype",
                                   fn, name, neat_dtype_name(t->dtype), neat_dtype_name(p->dtype));
         return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
-                              "%s: %s has dtype %s but A has %s; A, B, hidden%s and their "
+                              "%s: %s has dtype %s but %s has %s; A, B, hidden%s and their "
                               "gradients must share one dtype",
-                              fn, name, neat_dtype_name(t->dtype),
+                              fn, name, neat_dtype_name(t->dtype), p->param_name,
                               neat_dtype_name(p->param_dtype), role == NEAT_ROLE_EITHER ? ", G" : "");
     }
     return neat_check_layout(fn, name, t, is_output);
@@ -390,15 +390,11 @@ static int neat_inputs(const neat_args *args, neat_named *ins)
     return n;
 }
 
-/* weight and A define the problem; then the rest of args is checked against them. */
-static neat_status neat_check_args(const char *fn, const neat_args *args, int with_base,
-                                   int need_x_B, neat_problem *p)
+/* weight defines the device, the base dtype and (d_out, d_in) of a call. */
+static neat_status neat_check_weight(const char *fn, const neat_tensor *W, neat_problem *p)
 {
     neat_desc desc;
     char got[160];
-    if (!args)
-        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT, "%s: args must not be NULL", fn);
-    const neat_tensor *W = args->weight;
     if (!W)
         return neat_set_error(NEAT_ERR_INVALID_ARGUMENT, "%s: weight must not be NULL", fn);
     if (W->ndim != 2)
@@ -448,33 +444,87 @@ static neat_status neat_check_args(const char *fn, const neat_args *args, int wi
     NEAT_TRY(neat_check_view(fn, "weight", W, 2, (const int64_t[]){p->d_out, p->d_in}, desc, 0,
                              NEAT_ROLE_BASE, p));
     NEAT_TRY(neat_check_matrix(fn, "weight", "(d_out, d_in)", p->d_out, p->d_in));
+    return NEAT_OK;
+}
 
-    const neat_tensor *A = args->A;
-    if (!A)
-        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT, "%s: A must not be NULL", fn);
-    if (A->ndim == 2 && A->sizes[0] < 1) {
-        neat_shape_str(A, got, sizeof got);
+/*
+ * The first adapter factor (A, or G for neat_lowrank_forward) sets r and the parameter dtype.
+ * Its dtype has its own rule, checked before it becomes the reference for B and hidden.
+ */
+static neat_status neat_check_factor(const char *fn, const char *name, const char *shape,
+                                     const neat_tensor *F, neat_problem *p)
+{
+    char got[160];
+    if (!F)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT, "%s: %s must not be NULL", fn, name);
+    if (F->ndim == 2 && F->sizes[0] < 1) {
+        neat_shape_str(F, got, sizeof got);
         return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
-                              "%s: A must have shape (r, d_out) with r >= 1; got %s", fn, got);
+                              "%s: %s must have shape %s with r >= 1; got %s", fn, name, shape,
+                              got);
     }
-    p->r = A->ndim == 2 ? A->sizes[0] : 0;
-    /* A's dtype is checked by its own rule before it becomes the reference for B, hidden */
-    p->param_dtype = A->dtype;
+    p->r = F->ndim == 2 ? F->sizes[0] : 0;
+    p->param_name = name;
+    p->param_dtype = F->dtype;
     if (p->device.type == NEAT_DEVICE_CPU || !neat_is_half(p->dtype)) {
-        if (A->dtype != p->dtype)
+        if (F->dtype != p->dtype)
             return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
-                                  "%s: A has dtype %s but weight has %s; %s", fn,
-                                  neat_dtype_name(A->dtype), neat_dtype_name(p->dtype),
+                                  "%s: %s has dtype %s but weight has %s; %s", fn, name,
+                                  neat_dtype_name(F->dtype), neat_dtype_name(p->dtype),
                                   p->device.type == NEAT_DEVICE_CPU
                                       ? "on CPU every tensor of a call must share one dtype"
-                                      : "A may differ from weight only as float32 with a "
-                                        "bfloat16/float16 weight");
-    } else if (A->dtype != p->dtype && A->dtype != NEAT_FLOAT32) {
+                                      : "the adapter may differ from weight only as float32 "
+                                        "with a bfloat16/float16 weight");
+    } else if (F->dtype != p->dtype && F->dtype != NEAT_FLOAT32) {
         return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
-                              "%s: A has dtype %s but weight has %s; A must have weight's dtype "
-                              "or float32",
-                              fn, neat_dtype_name(A->dtype), neat_dtype_name(p->dtype));
+                              "%s: %s has dtype %s but weight has %s; %s must have weight's "
+                              "dtype or float32",
+                              fn, name, neat_dtype_name(F->dtype), neat_dtype_name(p->dtype),
+                              name);
     }
+    return NEAT_OK;
+}
+
+/* x (N, d_in), B (d_out, r) and bias (d_out) against the problem weight and the factor set. */
+static neat_status neat_check_x_b_bias(const char *fn, const neat_tensor *x, const neat_tensor *B,
+                                       const neat_tensor *bias, int need_x_B, neat_problem *p)
+{
+    neat_desc desc;
+    p->N = 0;
+    if (x || need_x_B) {
+        desc = neat_d("(N, d_in) = (N, %lld) to match weight (%lld, %lld)", p->d_in, p->d_out, p->d_in);
+        NEAT_TRY(neat_check_view(fn, "x", x, 2, (const int64_t[]){-1, p->d_in}, desc, 0,
+                                 NEAT_ROLE_BASE, p));
+        p->N = x->sizes[0];
+        NEAT_TRY(neat_check_matrix(fn, "x", "(N, d_in)", p->N, p->d_in));
+        NEAT_TRY(neat_check_matrix(fn, "x and weight", "y's shape (N, d_out)", p->N, p->d_out));
+        NEAT_TRY(neat_check_matrix(fn, "x and the adapter", "U's shape (N, r)", p->N, p->r));
+    }
+    if (B || need_x_B) {
+        desc = neat_d(p->param_name[0] == 'G' ? "(d_out, r) = (%lld, %lld) to match weight and G"
+                                              : "(d_out, r) = (%lld, %lld) to match weight and A",
+                      p->d_out, p->r, 0);
+        NEAT_TRY(neat_check_view(fn, "B", B, 2, (const int64_t[]){p->d_out, p->r}, desc, 0,
+                                 NEAT_ROLE_PARAM, p));
+    }
+    if (bias) {
+        desc = neat_d("(d_out) = (%lld) to match weight", p->d_out, 0, 0);
+        NEAT_TRY(neat_check_view(fn, "bias", bias, 1, (const int64_t[]){p->d_out}, desc, 0,
+                                 NEAT_ROLE_BASE, p));
+    }
+    return NEAT_OK;
+}
+
+/* weight and A define the problem; then the rest of args is checked against them. */
+static neat_status neat_check_args(const char *fn, const neat_args *args, int with_base,
+                                   int need_x_B, neat_problem *p)
+{
+    neat_desc desc;
+    if (!args)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT, "%s: args must not be NULL", fn);
+    NEAT_TRY(neat_check_weight(fn, args->weight, p));
+    const neat_tensor *A = args->A;
+    NEAT_TRY(neat_check_factor(fn, "A", "(r, d_out)", A, p));
     desc = neat_d("(r, d_out) = (r, %lld) to match weight (%lld, %lld)", p->d_out, p->d_out, p->d_in);
     NEAT_TRY(neat_check_view(fn, "A", A, 2, (const int64_t[]){-1, p->d_out}, desc, 0,
                              NEAT_ROLE_PARAM, p));
@@ -483,31 +533,12 @@ static neat_status neat_check_args(const char *fn, const neat_args *args, int wi
     /* bounds r itself (to 2^20), which the GEMM pack buffers scale with, hidden layers or not */
     NEAT_TRY(neat_check_matrix(fn, "A", "a hidden layer's shape (r, r)", p->r, p->r));
 
-    p->N = 0;
-    if (args->x || need_x_B) {
-        desc = neat_d("(N, d_in) = (N, %lld) to match weight (%lld, %lld)", p->d_in, p->d_out, p->d_in);
-        NEAT_TRY(neat_check_view(fn, "x", args->x, 2, (const int64_t[]){-1, p->d_in}, desc, 0,
-                                 NEAT_ROLE_BASE, p));
-        p->N = args->x->sizes[0];
-        NEAT_TRY(neat_check_matrix(fn, "x", "(N, d_in)", p->N, p->d_in));
-        NEAT_TRY(neat_check_matrix(fn, "x and weight", "y's shape (N, d_out)", p->N, p->d_out));
-        NEAT_TRY(neat_check_matrix(fn, "x and A", "U's shape (N, r)", p->N, p->r));
-    }
-    if (args->B || need_x_B) {
-        desc = neat_d("(d_out, r) = (%lld, %lld) to match weight and A", p->d_out, p->r, 0);
-        NEAT_TRY(neat_check_view(fn, "B", args->B, 2, (const int64_t[]){p->d_out, p->r}, desc, 0,
-                                 NEAT_ROLE_PARAM, p));
-    }
-    if (args->bias) {
-        if (!with_base)
-            return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
-                                  "%s: bias must be NULL for the adapter entry points (the "
-                                  "adapter term has no bias)",
-                                  fn);
-        desc = neat_d("(d_out) = (%lld) to match weight", p->d_out, 0, 0);
-        NEAT_TRY(neat_check_view(fn, "bias", args->bias, 1, (const int64_t[]){p->d_out}, desc, 0,
-                                 NEAT_ROLE_BASE, p));
-    }
+    if (args->bias && !with_base)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
+                              "%s: bias must be NULL for the adapter entry points (the "
+                              "adapter term has no bias)",
+                              fn);
+    NEAT_TRY(neat_check_x_b_bias(fn, args->x, args->B, args->bias, need_x_B, p));
     if (args->num_hidden < 0 || args->num_hidden > NEAT_MAX_HIDDEN || args->num_hidden % 2)
         return neat_set_error(NEAT_ERR_INVALID_ARGUMENT,
                               "%s: num_hidden must be even and in 0..%d; got %d", fn,
@@ -522,7 +553,7 @@ static neat_status neat_check_args(const char *fn, const neat_args *args, int wi
         NEAT_TRY(neat_check_view(fn, name, &args->hidden[i], 2, (const int64_t[]){p->r, p->r},
                                  desc, 0, NEAT_ROLE_PARAM, p));
     }
-    if ((int)args->activation < 0 || (int)args->activation > (int)NEAT_ACT_IDENTITY)
+    if ((int)args->activation < 0 || (int)args->activation > (int)NEAT_ACT_LAST)
         return neat_set_error(NEAT_ERR_INVALID_ARGUMENT, "%s: activation %d is not a neat_activation",
                               fn, (int)args->activation);
     if (!isfinite(args->scale))
@@ -656,10 +687,9 @@ neat_status neat_validate_exec(const char *fn, const neat_exec *exec)
  * the outputs, so any shared byte would corrupt one of them. The whole range the caller hands
  * over counts, not only the bytes this call happens to use: the library may use all of it.
  */
-neat_status neat_validate_workspace(const char *fn, const void *workspace, size_t workspace_bytes,
-                                    const neat_args *args, const neat_tensor *dy,
-                                    const char *out_name, const neat_tensor *out,
-                                    const neat_grads *grads)
+static neat_status neat_check_workspace_overlap(const char *fn, const void *workspace,
+                                                size_t workspace_bytes, const neat_named *ins,
+                                                int n_in, const neat_named *outs, int n_out)
 {
     if (!workspace || workspace_bytes == 0)
         return NEAT_OK;
@@ -670,14 +700,6 @@ neat_status neat_validate_workspace(const char *fn, const void *workspace, size_
                               "space",
                               fn, workspace_bytes, workspace);
     uintptr_t hi = lo + workspace_bytes;
-    neat_named ins[6 + NEAT_MAX_HIDDEN], outs[6 + NEAT_MAX_HIDDEN];
-    int n_in = neat_inputs(args, ins), n_out = 0;
-    if (dy)
-        ins[n_in].name = "dy", ins[n_in++].t = dy;
-    if (out)
-        outs[n_out].name = out_name, outs[n_out++].t = out;
-    if (grads)
-        n_out += neat_grad_outputs(grads, args, outs + n_out);
     const neat_named *o = neat_first_overlap(lo, hi, ins, n_in);
     int is_input = o != NULL;
     if (!o)
@@ -689,4 +711,69 @@ neat_status neat_validate_workspace(const char *fn, const void *workspace, size_
                               fn, workspace_bytes, workspace, is_input ? "input" : "output",
                               o->name);
     return NEAT_OK;
+}
+
+neat_status neat_validate_workspace(const char *fn, const void *workspace, size_t workspace_bytes,
+                                    const neat_args *args, const neat_tensor *dy,
+                                    const char *out_name, const neat_tensor *out,
+                                    const neat_grads *grads)
+{
+    neat_named ins[6 + NEAT_MAX_HIDDEN], outs[6 + NEAT_MAX_HIDDEN];
+    int n_in = neat_inputs(args, ins), n_out = 0;
+    if (dy)
+        ins[n_in].name = "dy", ins[n_in++].t = dy;
+    if (out)
+        outs[n_out].name = out_name, outs[n_out++].t = out;
+    if (grads)
+        n_out += neat_grad_outputs(grads, args, outs + n_out);
+    return neat_check_workspace_overlap(fn, workspace, workspace_bytes, ins, n_in, outs, n_out);
+}
+
+/* ---- neat_lowrank_forward ---- */
+
+static int neat_lowrank_inputs(const neat_lowrank_args *la, neat_named *ins)
+{
+    int n = 0;
+    const neat_named all[] = {{"x", la->x}, {"weight", la->weight}, {"bias", la->bias},
+                              {"G", la->G}, {"B", la->B}};
+    for (int i = 0; i < 5; i++)
+        if (all[i].t)
+            ins[n++] = all[i];
+    return n;
+}
+
+neat_status neat_validate_lowrank(const char *fn, const neat_tensor *y,
+                                  const neat_lowrank_args *la, neat_problem *p)
+{
+    neat_desc desc;
+    if (!la)
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT, "%s: args must not be NULL", fn);
+    NEAT_TRY(neat_check_weight(fn, la->weight, p));
+    NEAT_TRY(neat_check_factor(fn, "G", "(r, d_in)", la->G, p));
+    desc = neat_d("(r, d_in) = (r, %lld) to match weight (%lld, %lld)", p->d_in, p->d_out, p->d_in);
+    NEAT_TRY(neat_check_view(fn, "G", la->G, 2, (const int64_t[]){-1, p->d_in}, desc, 0,
+                             NEAT_ROLE_PARAM, p));
+    NEAT_TRY(neat_check_matrix(fn, "G", "(r, d_in)", p->r, p->d_in));
+    NEAT_TRY(neat_check_matrix(fn, "G and weight", "B's shape (d_out, r)", p->d_out, p->r));
+    NEAT_TRY(neat_check_x_b_bias(fn, la->x, la->B, la->bias, 1, p));
+    if (!isfinite(la->scale))
+        return neat_set_error(NEAT_ERR_INVALID_ARGUMENT, "%s: scale must be finite; got %g", fn,
+                              la->scale);
+    if (y) {
+        desc = neat_d("(N, d_out) = (%lld, %lld)", p->N, p->d_out, 0);
+        NEAT_TRY(neat_check_view(fn, "y", y, 2, (const int64_t[]){p->N, p->d_out}, desc, 1,
+                                 NEAT_ROLE_BASE, p));
+        neat_named ins[5], out = {"y", y};
+        NEAT_TRY(neat_check_overlap(fn, &out, 1, ins, neat_lowrank_inputs(la, ins)));
+    }
+    return NEAT_OK;
+}
+
+neat_status neat_validate_lowrank_workspace(const char *fn, const void *workspace,
+                                            size_t workspace_bytes, const neat_lowrank_args *la,
+                                            const neat_tensor *y)
+{
+    neat_named ins[5], out = {"y", y};
+    return neat_check_workspace_overlap(fn, workspace, workspace_bytes, ins,
+                                        neat_lowrank_inputs(la, ins), &out, 1);
 }

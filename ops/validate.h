@@ -27,7 +27,8 @@
 typedef struct neat_problem {
     neat_device device;
     neat_dtype dtype;       /* x, weight, bias, y, dy, dx, dweight, dbias */
-    neat_dtype param_dtype; /* A, B, hidden and their gradients */
+    neat_dtype param_dtype; /* A (or G), B, hidden and their gradients */
+    const char *param_name; /* "A", or "G" for neat_lowrank_forward */
     int64_t N, d_in, d_out, r;
 } neat_problem;
 
@@ -52,6 +53,13 @@ neat_status neat_validate_workspace(const char *fn, const void *workspace, size_
                                     const neat_args *args, const neat_tensor *dy,
                                     const char *out_name, const neat_tensor *out,
                                     const neat_grads *grads);
+
+/* neat_lowrank_forward: y may be NULL (workspace query); then the workspace against its tensors. */
+neat_status neat_validate_lowrank(const char *fn, const neat_tensor *y,
+                                  const neat_lowrank_args *args, neat_problem *p);
+neat_status neat_validate_lowrank_workspace(const char *fn, const void *workspace,
+                                            size_t workspace_bytes, const neat_lowrank_args *args,
+                                            const neat_tensor *y);
 
 const char *neat_dtype_name(neat_dtype dtype);
 

@@ -54,7 +54,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct layout or a function signature below changes. */
-#define NEAT_ABI_VERSION 1
+#define NEAT_ABI_VERSION 2 /* 2: neat_exec.allow_tf32 */
 
 /* Most dims a view may have; the kernels themselves read rank 1 and 2 views. */
 #define NEAT_MAX_DIMS 8
@@ -71,6 +71,14 @@ typedef enum neat_status {
     NEAT_ERR_INTERNAL = 5
 } neat_status;
 
+/*
+ * Every tensor of a call has weight's dtype, except that on CUDA with a bfloat16 or float16
+ * weight, A, B, hidden (their gradients, and G) may be float32: mixed precision, computed like
+ * torch.autocast. A, B and hidden are rounded to weight's dtype before any product, products
+ * accumulate in float32, and the r-by-r hidden stack runs in float32, so the results are exactly
+ * those of the same call with A, B, hidden rounded to weight's dtype beforehand, except that
+ * dA, dB, dhidden and a float32 G are written in float32 instead of rounded.
+ */
 typedef enum neat_dtype {
     NEAT_FLOAT32 = 0,
     NEAT_FLOAT64 = 1,
@@ -112,8 +120,11 @@ typedef enum neat_activation {
     NEAT_ACT_GELU_TANH = 3, /* tanh approximation (gelu_new, gelu_pytorch_tanh) */
     NEAT_ACT_SILU = 4,
     NEAT_ACT_TANH = 5,
-    NEAT_ACT_IDENTITY = 6
+    NEAT_ACT_IDENTITY = 6,
+    NEAT_ACT_SIN2PI = 7 /* sin(2 pi z), the periodic activation of the paper's theory */
 } neat_activation;
+/* The highest neat_activation value (values run 0..NEAT_ACT_LAST; new ones are appended). */
+#define NEAT_ACT_LAST NEAT_ACT_SIN2PI
 
 /* Everything the forward pass reads. The same struct feeds the backward pass. */
 typedef struct neat_args {
@@ -152,13 +163,17 @@ typedef void (*neat_parallel_body)(int64_t begin, int64_t end, void *ctx);
 typedef void (*neat_parallel_for_fn)(int64_t begin, int64_t end, int64_t grain,
                                      neat_parallel_body body, void *ctx, void *user);
 
-/* How to run a call. Zero-initialised means: sequential CPU, default CUDA stream. */
+/* How to run a call. Zero-initialised means: sequential CPU, default CUDA stream, strict
+ * float32. */
 typedef struct neat_exec {
     neat_parallel_for_fn parallel_for; /* NULL: run sequentially */
     void *parallel_user;               /* passed back to parallel_for */
     int32_t num_threads;               /* most chunks parallel_for runs at once; <= 0 means 1;
                                           at most 65536 */
     void *stream;                      /* cudaStream_t for CUDA calls; ignored on CPU */
+    int32_t allow_tf32;                /* CUDA float32 products: 0 strict float32 (default),
+                                          1 inputs rounded to TF32 (10-bit mantissa) as
+                                          torch.backends.cuda.matmul.allow_tf32 permits */
 } neat_exec;
 
 /* ---- library information and errors ---- */
@@ -168,7 +183,7 @@ NEAT_API const char *neat_status_string(neat_status status);
 /* Message of the last failing call on this thread ("" if none). */
 NEAT_API const char *neat_last_error(void);
 NEAT_API const char *neat_activation_name(neat_activation act);
-/* Parses "relu", "sin", "gelu", "gelu_tanh", "silu", "tanh", "identity". */
+/* Parses "relu", "sin", "gelu", "gelu_tanh", "silu", "tanh", "identity", "sin2pi". */
 NEAT_API neat_status neat_activation_from_name(const char *name, neat_activation *out);
 /* 1 when the library was built with the CUDA backend. */
 NEAT_API int neat_has_cuda(void);
@@ -217,6 +232,28 @@ NEAT_API neat_status neat_compute_g_workspace_size(const neat_args *args, const 
                                                    size_t *bytes);
 NEAT_API neat_status neat_compute_g(neat_tensor *G, const neat_args *args, void *workspace,
                                     size_t workspace_bytes, const neat_exec *exec);
+
+/*
+ * ---- inference with G kept: y = x W^T + b + s (x G^T) B^T ----
+ * While the adapter is frozen, G (from neat_compute_g) can be kept and this call skips the pass
+ * over W that forms it. The rank-r term rides on the main product as in neat_linear_forward, so
+ * x and y are each passed once. Any low-rank pair fits (a LoRA's lora_A as G, lora_B as B).
+ * Forward only. G and B follow A's dtype rule; bias may be NULL.
+ */
+typedef struct neat_lowrank_args {
+    const neat_tensor *x;      /* (N, d_in); N may be 0 */
+    const neat_tensor *weight; /* (d_out, d_in) */
+    const neat_tensor *bias;   /* (d_out) or NULL */
+    const neat_tensor *G;      /* (r, d_in) */
+    const neat_tensor *B;      /* (d_out, r) */
+    double scale;
+} neat_lowrank_args;
+
+NEAT_API neat_status neat_lowrank_forward_workspace_size(const neat_lowrank_args *args,
+                                                         const neat_exec *exec, size_t *bytes);
+NEAT_API neat_status neat_lowrank_forward(neat_tensor *y, const neat_lowrank_args *args,
+                                          void *workspace, size_t workspace_bytes,
+                                          const neat_exec *exec);
 
 #ifdef __cplusplus
 }

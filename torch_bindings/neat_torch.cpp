@@ -102,9 +102,16 @@ static Tensor compute_g_cpu(Tensor weight, Tensor A, std::optional<std::vector<T
   });
 }
 
+static Tensor lowrank_linear_cpu(Tensor input, Tensor weight, std::optional<Tensor> bias, Tensor G,
+                                 Tensor B, double scale) {
+  return on_cpu("neat::lowrank_linear", [&](const neat_exec &exec) {
+    return neat_torch::lowrank("neat::lowrank_linear", input, weight, bias, G, B, scale, exec);
+  });
+}
+
 // The schemas are the contract of DESIGN.md section 3.1, except that `hidden` is `Tensor[]? = None`:
 // torch's schema parser accepts no list-of-tensor default other than None. The *_backward ops are
-// internal.
+// internal. lowrank_linear (inference with G kept, not differentiable) is an addition.
 STABLE_TORCH_LIBRARY(neat, m) {
   m.def("linear(Tensor input, Tensor weight, Tensor? bias, Tensor A, Tensor B, "
         "Tensor[]? hidden=None, str activation=\"relu\", float scale=1.0) -> Tensor");
@@ -117,6 +124,8 @@ STABLE_TORCH_LIBRARY(neat, m) {
         "Tensor[] hidden, str activation, float scale, bool[] output_mask) -> "
         "(Tensor, Tensor, Tensor, Tensor, Tensor[])");
   m.def("compute_g(Tensor weight, Tensor A, Tensor[]? hidden=None, str activation=\"relu\") -> Tensor");
+  m.def("lowrank_linear(Tensor input, Tensor weight, Tensor? bias, Tensor G, Tensor B, "
+        "float scale=1.0) -> Tensor");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(neat, CPU, m) {
@@ -125,4 +134,5 @@ STABLE_TORCH_LIBRARY_IMPL(neat, CPU, m) {
   m.impl("linear_backward", TORCH_BOX(&linear_backward_cpu));
   m.impl("adapter_backward", TORCH_BOX(&adapter_backward_cpu));
   m.impl("compute_g", TORCH_BOX(&compute_g_cpu));
+  m.impl("lowrank_linear", TORCH_BOX(&lowrank_linear_cpu));
 }

@@ -130,6 +130,26 @@ static Tensor alloc(const char *op, const char *what, const Tensor &like,
   }
 }
 
+// input (..., d_in) as the (N, d_in) matrix the C ABI takes: leading dims fold into N; a 2-D
+// input keeps its strides, others are viewed (or copied by reshape only when no view exists).
+static Tensor flatten_input(const char *op, const Tensor &input, const Tensor &weight) {
+  int64_t d_in = input.size(-1);
+  if (d_in != weight.size(1))
+    fail(op, "input's last dimension must equal weight.shape[1] = " +
+                 std::to_string(weight.size(1)) + " (d_in); got input shape " + shape_str(input));
+  if (d_in < 1) fail(op, "input's last dimension (d_in) must be at least 1");
+  return input.dim() == 2 ? input : torch::stable::reshape(input, {-1, d_in});
+}
+
+// y (N, d_out) back to input's leading dims.
+static Tensor unflatten_output(const Tensor &y, const Tensor &input, int64_t d_out) {
+  if (input.dim() == 2) return y;
+  std::vector<int64_t> out_shape;
+  for (int64_t i = 0; i + 1 < input.dim(); ++i) out_shape.push_back(input.size(i));
+  out_shape.push_back(d_out);
+  return torch::stable::view(y, out_shape);
+}
+
 namespace {
 
 // Everything a call needs, kept alive together: views point into this struct.
@@ -149,15 +169,9 @@ struct Call {
     check_2d(op, B_t, "B", "(d_out, r)");
     for (size_t i = 0; i < hidden_t.size(); ++i)
       check_2d(op, hidden_t[i], ("hidden[" + std::to_string(i) + "]").c_str(), "(r, r)");
-    d_in = input.size(-1);
+    x2d = flatten_input(op, input, weight_t);
+    d_in = x2d.size(1);
     d_out = weight_t.size(0);
-    if (d_in != weight_t.size(1))
-      fail(op, "input's last dimension must equal weight.shape[1] = " +
-                   std::to_string(weight_t.size(1)) + " (d_in); got input shape " + shape_str(input));
-    if (d_in < 1) fail(op, "input's last dimension (d_in) must be at least 1");
-    // Leading dims fold into N; a 2-D input keeps its strides, others are viewed (or copied
-    // by reshape only when no view exists).
-    x2d = input.dim() == 2 ? input : torch::stable::reshape(input, {-1, d_in});
     n = x2d.size(0);
 
     std::memset(&args, 0, sizeof args);
@@ -206,11 +220,7 @@ Tensor forward(const char *op, const Tensor &input, const Tensor &weight,
   check(with_base ? neat_linear_forward(&yv, &c.args, ws_ptr(ws), bytes, &exec)
                   : neat_adapter_forward(&yv, &c.args, ws_ptr(ws), bytes, &exec),
         op);
-  if (input.dim() == 2) return y;
-  std::vector<int64_t> out_shape;
-  for (int64_t i = 0; i + 1 < input.dim(); ++i) out_shape.push_back(input.size(i));
-  out_shape.push_back(c.d_out);
-  return torch::stable::view(y, out_shape);
+  return unflatten_output(y, input, c.d_out);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> backward(
@@ -298,6 +308,37 @@ Tensor compute_g(const char *op, const Tensor &weight, const Tensor &A,
   Tensor ws = workspace_like(op, A, bytes);
   check(neat_compute_g(&gv, &args, ws_ptr(ws), bytes, &exec), op);
   return G;
+}
+
+Tensor lowrank(const char *op, const Tensor &input, const Tensor &weight,
+               const std::optional<Tensor> &bias, const Tensor &G, const Tensor &B, double scale,
+               const neat_exec &exec) {
+  if (input.dim() < 1) fail(op, "input must have at least one dimension (..., d_in); got a scalar");
+  check_2d(op, weight, "weight", "(d_out, d_in)");
+  check_2d(op, G, "G", "(r, d_in)");
+  check_2d(op, B, "B", "(d_out, r)");
+  Tensor x2d = flatten_input(op, input, weight);
+  neat_tensor xv = view(x2d, op, "input"), wv = view(weight, op, "weight");
+  neat_tensor gv = view(G, op, "G"), Bv = view(B, op, "B"), bv;
+  neat_lowrank_args la;
+  std::memset(&la, 0, sizeof la);
+  la.x = &xv;
+  la.weight = &wv;
+  if (bias.has_value()) {
+    bv = view(*bias, op, "bias");
+    la.bias = &bv;
+  }
+  la.G = &gv;
+  la.B = &Bv;
+  la.scale = scale;
+  size_t bytes = 0;
+  check(neat_lowrank_forward_workspace_size(&la, &exec, &bytes), op);
+  const int64_t d_out = weight.size(0);
+  Tensor y = alloc(op, "the output", input, {x2d.size(0), d_out});
+  neat_tensor yv = view(y, op, "output");
+  Tensor ws = workspace_like(op, input, bytes);
+  check(neat_lowrank_forward(&yv, &la, ws_ptr(ws), bytes, &exec), op);
+  return unflatten_output(y, input, d_out);
 }
 
 }  // namespace neat_torch

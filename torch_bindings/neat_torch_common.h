@@ -71,6 +71,11 @@ Tensor compute_g(const char *op, const Tensor &weight, const Tensor &A,
                  const std::vector<Tensor> &hidden, const ActivationArg &activation,
                  const neat_exec &exec);
 
+// y = input W^T + b + s (input G^T) B^T with G kept (inference; neat_lowrank_forward).
+Tensor lowrank(const char *op, const Tensor &input, const Tensor &weight,
+               const std::optional<Tensor> &bias, const Tensor &G, const Tensor &B, double scale,
+               const neat_exec &exec);
+
 }  // namespace neat_torch
 
 // Unboxing of ActivationArg: copies the string, then frees torch's handle (on every path).

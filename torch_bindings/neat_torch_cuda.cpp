@@ -83,6 +83,13 @@ Tensor compute_g_cuda(Tensor weight, Tensor A, std::optional<std::vector<Tensor>
                                hidden.value_or(neat_torch::TensorList{}), activation, exec);
 }
 
+Tensor lowrank_linear_cuda(Tensor input, Tensor weight, std::optional<Tensor> bias, Tensor G,
+                           Tensor B, double scale) {
+  Guard guard(input.get_device_index());
+  neat_exec exec = cuda_exec(input);
+  return neat_torch::lowrank("neat::lowrank_linear", input, weight, bias, G, B, scale, exec);
+}
+
 }  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(neat, CUDA, m) {
@@ -91,4 +98,5 @@ STABLE_TORCH_LIBRARY_IMPL(neat, CUDA, m) {
   m.impl("linear_backward", TORCH_BOX(&linear_backward_cuda));
   m.impl("adapter_backward", TORCH_BOX(&adapter_backward_cuda));
   m.impl("compute_g", TORCH_BOX(&compute_g_cuda));
+  m.impl("lowrank_linear", TORCH_BOX(&lowrank_linear_cuda));
 }

@@ -5,9 +5,12 @@
   peanut   PEFT's PEANuT layer (peft.PeanutConfig) at depth 2 and 6, when this PEFT has it
   authors  a plain-PyTorch module written like the NEAT authors' code (depth 2 and 6)
 
-at LLaMA-7B shapes, bf16. Times are medians of CUDA-event timings after warm-up, over rotating
-input sets; memory is the peak allocated during one step above what was allocated before it.
-Prints one table of ratios; with --out writes bench_gpu.json and bench_gpu.md there.
+at LLaMA-7B shapes, bf16, with and without bias (LLaMA's projections have none; the kernels take
+another path when the bias rides in the rank-r product). Also, under torch.autocast(bf16) with float32
+weights as HF Trainer runs a model: NeatLinear (neat_ac) against autocast's own F.linear (frozen_ac).
+Times are medians of CUDA-event timings after warm-up, over rotating input sets; memory is the peak
+allocated during one step above what was allocated before it. Prints one table of ratios; with --out
+writes bench_gpu.json and bench_gpu.md there.
 """
 
 from __future__ import annotations
@@ -79,15 +82,19 @@ class NeatOp(nn.Module):
         return torch_neat.linear(x, self.base.weight, self.base.bias, self.A, self.B, list(self.hidden), "relu", self.scale)
 
 
-def frozen_base(d_in, d_out):
-    lin = nn.Linear(d_in, d_out, bias=True, device="cuda", dtype=DT)
-    lin.weight.requires_grad_(False)
-    lin.bias.requires_grad_(False)
+def frozen_base(d_in, d_out, bias, dtype=DT):
+    lin = nn.Linear(d_in, d_out, bias=bias, device="cuda", dtype=dtype)
+    lin.requires_grad_(False)
     return lin
 
 
-def make(kind, d_in, d_out, r):
-    base = frozen_base(d_in, d_out)
+def make(kind, d_in, d_out, r, bias):
+    if kind.endswith("_ac"):  # float32 weights, run under autocast (measure(..., autocast=True))
+        base = frozen_base(d_in, d_out, bias, torch.float32)
+        if kind == "frozen_ac":
+            return base
+        return torch_neat.NeatLinear(base, r=r, depth=2, scale=2.0)
+    base = frozen_base(d_in, d_out, bias)
     if kind == "frozen":
         return base
     if kind.startswith("neat"):
@@ -96,8 +103,7 @@ def make(kind, d_in, d_out, r):
     if kind.startswith("authors"):
         depth = int(kind[7:] or 2)
         m = AuthorsNeat(base, r, depth, 2.0).to(device="cuda", dtype=DT)
-        m.base.weight.requires_grad_(False)
-        m.base.bias.requires_grad_(False)
+        m.base.requires_grad_(False)
         return m
     import peft  # noqa: F401  (the error says which contender is missing)
 
@@ -117,15 +123,19 @@ def make(kind, d_in, d_out, r):
 # ---- measurement -----------------------------------------------------------------------------
 
 
-def measure(module, xs, gys, warmup, iters):
+def measure(module, xs, gys, warmup, iters, autocast=False):
     params = [p for p in module.parameters() if p.requires_grad]
+
+    def forward(x):
+        with torch.autocast("cuda", dtype=DT, enabled=autocast):
+            return module(x)
 
     def step(i):
         x = xs[i % len(xs)]
         x.grad = None
         for p in params:
             p.grad = None
-        y = module(x)
+        y = forward(x)
         y.backward(gys[i % len(gys)])
 
     for i in range(warmup):
@@ -138,7 +148,7 @@ def measure(module, xs, gys, warmup, iters):
             p.grad = None
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        y = module(x)
+        y = forward(x)
         y.backward(gys[i % len(gys)])
         end.record()
         end.synchronize()
@@ -171,7 +181,8 @@ def main():
     if args.quick:
         shapes, ns, ranks = shapes[:1], ns[:1], [16]
         args.iters = min(args.iters, 10)
-    kinds = ["frozen", "neat", "neat6", "lora", "peanut2", "peanut6", "authors", "authors6"]
+    kinds = ["frozen", "neat", "neat6", "lora", "peanut2", "peanut6", "authors", "authors6", "frozen_ac", "neat_ac"]
+    floors = ("frozen", "frozen_ac")  # do not depend on r: measured once per shape, N and bias
     torch.backends.cuda.matmul.allow_tf32 = False
 
     rows = []
@@ -180,26 +191,27 @@ def main():
             gen = torch.Generator(device="cuda").manual_seed(0)
             xs = [torch.randn(n, d_in, device="cuda", dtype=DT, generator=gen).requires_grad_() for _ in range(3)]
             gys = [torch.randn(n, d_out, device="cuda", dtype=DT, generator=gen) for _ in range(3)]
-            for r in ranks:
-                res = {"d_in": d_in, "d_out": d_out, "N": n, "r": r}
-                for kind in kinds:
-                    if kind == "frozen" and r != ranks[0] and rows:
-                        prev = [q for q in rows if (q["d_in"], q["d_out"], q["N"]) == (d_in, d_out, n)]
-                        if prev:  # the floor does not depend on r
-                            res["frozen_ms"], res["frozen_mem"] = prev[0]["frozen_ms"], prev[0]["frozen_mem"]
+            for bias in (True, False):
+                for r in ranks:
+                    res = {"d_in": d_in, "d_out": d_out, "N": n, "bias": bias, "r": r}
+                    for kind in kinds:
+                        key = (d_in, d_out, n, bias)
+                        prev = [q for q in rows if (q["d_in"], q["d_out"], q["N"], q["bias"]) == key]
+                        if kind in floors and prev:
+                            res[f"{kind}_ms"], res[f"{kind}_mem"] = prev[0][f"{kind}_ms"], prev[0][f"{kind}_mem"]
                             continue
-                    try:
-                        torch.manual_seed(0)
-                        mod = make(kind, d_in, d_out, r)
-                        ms, mem = measure(mod, xs, gys, args.warmup, args.iters)
-                        res[f"{kind}_ms"], res[f"{kind}_mem"] = ms, mem
-                        del mod
-                    except Exception as e:  # a missing contender is reported, not fatal
-                        res[f"{kind}_ms"], res[f"{kind}_mem"] = None, None
-                        res.setdefault("errors", {})[kind] = f"{type(e).__name__}: {e}"[:200]
-                    torch.cuda.empty_cache()
-                rows.append(res)
-                print(json.dumps(res), flush=True)
+                        try:
+                            torch.manual_seed(0)
+                            mod = make(kind, d_in, d_out, r, bias)
+                            ms, mem = measure(mod, xs, gys, args.warmup, args.iters, autocast=kind.endswith("_ac"))
+                            res[f"{kind}_ms"], res[f"{kind}_mem"] = ms, mem
+                            del mod
+                        except Exception as e:  # a missing contender is reported, not fatal
+                            res[f"{kind}_ms"], res[f"{kind}_mem"] = None, None
+                            res.setdefault("errors", {})[kind] = f"{type(e).__name__}: {e}"[:200]
+                        torch.cuda.empty_cache()
+                    rows.append(res)
+                    print(json.dumps(res), flush=True)
             del xs, gys
             torch.cuda.empty_cache()
 
@@ -214,11 +226,12 @@ def main():
         ("neat/authors", "neat_ms", "authors_ms", "<= 0.6"),
         ("neat6/authors6", "neat6_ms", "authors6_ms", "<= 0.6"),
         ("mem neat/lora", "neat_mem", "lora_mem", "<= 1.0"),
+        ("autocast neat/frozen", "neat_ac_ms", "frozen_ac_ms", "<= 1.10"),
     ]
-    head = ["d_in x d_out", "N", "r", "frozen ms", "neat ms"] + [c[0] for c in cols]
+    head = ["d_in x d_out", "N", "bias", "r", "frozen ms", "neat ms"] + [c[0] for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for q in rows:
-        cells = [f"{q['d_in']}x{q['d_out']}", str(q["N"]), str(q["r"]), f"{q['frozen_ms']:.3f}" if q.get("frozen_ms") else "n/a", f"{q['neat_ms']:.3f}" if q.get("neat_ms") else "n/a"]
+        cells = [f"{q['d_in']}x{q['d_out']}", str(q["N"]), "yes" if q["bias"] else "no", str(q["r"]), f"{q['frozen_ms']:.3f}" if q.get("frozen_ms") else "n/a", f"{q['neat_ms']:.3f}" if q.get("neat_ms") else "n/a"]
         for _, a, b, _goal in cols:
             v = ratio(q.get(a), q.get(b))
             cells.append("n/a" if v is None else f"{v:.3f}")
@@ -228,7 +241,7 @@ def main():
     dev = torch.cuda.get_device_name()
     title = f"neat::linear fwd+bwd, bf16, {dev}, torch {torch.__version__}, {stamp}"
     table = "\n".join([title, "", *lines, "", goals])
-    errors = {f"{q['d_in']}x{q['d_out']} N={q['N']} r={q['r']}": q["errors"] for q in rows if q.get("errors")}
+    errors = {f"{q['d_in']}x{q['d_out']} N={q['N']} bias={q['bias']} r={q['r']}": q["errors"] for q in rows if q.get("errors")}
     if errors:
         table += "\n\nmissing contenders: " + json.dumps(next(iter(errors.values())))
     print(table)

@@ -20,14 +20,17 @@ void layer_init(layer *l, const layer_spec *s)
     uint64_t rng = s->seed;
     neat_dtype dt = s->dtype;
     l->spec = *s;
-    /* scaled so every pre-activation is O(1): activations stay in their interesting range */
+    /* scaled so every pre-activation is O(1): activations stay in their interesting range. sin2pi
+     * turns once per unit of z, so its unit is 1 / (2 pi): at the other activations' scale a deep
+     * stack of it is too ill-conditioned for float32 (tests/python/reference.py, INPUT_UNIT). */
+    double unit = s->act == NEAT_ACT_SIN2PI ? 0.15915494309189533577 : 1.0;
     l->x = rand_vec(&rng, s->N * s->d_in, 1.0, dt);
     l->W = rand_vec(&rng, s->d_out * s->d_in, 1.0, dt);
     l->b = s->bias ? rand_vec(&rng, s->d_out, 1.0, dt) : NULL;
-    l->A = rand_vec(&rng, s->r * s->d_out, 2.0 / sqrt((double)s->d_out), dt);
+    l->A = rand_vec(&rng, s->r * s->d_out, unit * 2.0 / sqrt((double)s->d_out), dt);
     l->B = rand_vec(&rng, s->d_out * s->r, 1.0, dt);
     for (int i = 0; i < s->num_hidden; i++)
-        l->H[i] = rand_vec(&rng, s->r * s->r, 1.5 / sqrt((double)s->r), dt);
+        l->H[i] = rand_vec(&rng, s->r * s->r, unit * 1.5 / sqrt((double)s->r), dt);
     l->dy = rand_vec(&rng, s->N * s->d_out, 1.0, dt);
 
     l->tx = tb_make(dt, s->N, s->d_in, s->layout_x, l->x, 0);

@@ -22,6 +22,7 @@ double ref_act(neat_activation act, double z)
     case NEAT_ACT_SILU: return z / (1.0 + exp(-z));
     case NEAT_ACT_TANH: return tanh(z);
     case NEAT_ACT_IDENTITY: return z;
+    case NEAT_ACT_SIN2PI: return sin(2 * REF_PI * z);
     }
     return NAN;
 }
@@ -43,6 +44,7 @@ double ref_act_grad(neat_activation act, double z)
     }
     case NEAT_ACT_TANH: return 1.0 / (cosh(z) * cosh(z));
     case NEAT_ACT_IDENTITY: return 1.0;
+    case NEAT_ACT_SIN2PI: return 2 * REF_PI * cos(2 * REF_PI * z);
     }
     return NAN;
 }

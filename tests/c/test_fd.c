@@ -89,9 +89,10 @@ int main(void)
 {
     /* relu is left out: its kink makes central differences unreliable; the reference covers it */
     static const neat_activation acts[] = {NEAT_ACT_SIN,  NEAT_ACT_GELU, NEAT_ACT_GELU_TANH,
-                                           NEAT_ACT_SILU, NEAT_ACT_TANH, NEAT_ACT_IDENTITY};
+                                           NEAT_ACT_SILU, NEAT_ACT_TANH, NEAT_ACT_IDENTITY,
+                                           NEAT_ACT_SIN2PI};
     int idx = 0;
-    for (int a = 0; a < 6; a++)
+    for (int a = 0; a < (int)(sizeof acts / sizeof acts[0]); a++)
         for (int nh = 0; nh <= 4; nh += 2, idx++) {
             layer_spec s = {3, 5, 4, 2, acts[a], nh, idx % 2, NEAT_FLOAT64,
                             idx % LAYOUT_COUNT, (idx + 1) % LAYOUT_COUNT, 0, 0.8, 500 + (uint64_t)idx};

@@ -55,6 +55,12 @@ void round_to(neat_dtype dtype, double *v, int64_t n)
         for (int64_t i = 0; i < n; i++) v[i] = (float)v[i];
 }
 
+neat_device tb_device(void)
+{
+    neat_device d = {NEAT_DEVICE_CPU, 0};
+    return d;
+}
+
 static size_t esize(neat_dtype d)
 {
     return d == NEAT_FLOAT64 ? 8 : 4;

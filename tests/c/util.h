@@ -29,6 +29,11 @@ uint64_t rng_next(uint64_t *state);
 double rng_uniform(uint64_t *state, double lo, double hi);
 void fill_random(uint64_t *state, double *v, int64_t n, double lo, double hi);
 
+/* The device test tensors are labelled with: cpu:0. tests/cuda_emu/on_cuda.c wraps this and the
+ * two constructors below at link time (-Wl,--wrap), so that a test runs unchanged on cuda:0
+ * through the emulated CUDA backend (device memory is host memory there). */
+neat_device tb_device(void);
+
 /* A (rows, cols) tensor in layout with every storage element set to fill, then vals (row-major,
  * may be NULL) written into the view. Values are rounded to dtype. */
 tbuf tb_make(neat_dtype dtype, int64_t rows, int64_t cols, int layout, const double *vals,

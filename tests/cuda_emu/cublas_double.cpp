@@ -1,22 +1,33 @@
 // cublas_double.cpp - a strict host stand-in for the cuBLAS routines the backend calls (test only).
 //
 // It computes what cuBLAS computes (column-major C = alpha op(A) op(B) + beta C, accumulated in
-// the compute type, C rounded to its own type, C not read when beta == 0) and refuses what cuBLAS
-// documents as invalid: a bad op, a negative size, a leading dimension below the rows of the
-// stored matrix, a type combination cublasGemmEx does not support. It also refuses what is legal
-// for cuBLAS but wrong for this library (DESIGN 2): a GEMM that would make cuBLAS allocate its own
-// workspace (cublasSetStream drops the one set before it), a handle used on another device than
-// the one it was created on, a stream of another device, C aliasing an input or the workspace.
-// Every refusal returns an error status and records a violation (emu_log.h).
+// the compute type in slices of K as a split-K GEMM does, C rounded to its own type, C not read
+// when beta == 0; with
+// CUBLAS_COMPUTE_32F_FAST_TF32, or a TF32 math mode, float32 inputs rounded to TF32's 10-bit
+// mantissa first) and refuses what cuBLAS documents as invalid: a bad op, a negative size, a
+// leading dimension below the rows of the stored matrix, a pointer not aligned to its element, a
+// type combination cublasGemmEx does not support. It also refuses what is legal for cuBLAS but
+// wrong for this library (DESIGN 2, 4): a GEMM that would make cuBLAS allocate its own workspace
+// (cublasSetStream drops the one set before it), a half output on a handle whose math mode allows
+// split-K partial sums reduced in that half type (CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION
+// missing: the contract is float32 accumulation), a handle used on another device than the one it
+// was created on, a stream of another device, C aliasing an input or the workspace. Every refusal
+// returns an error status and records a violation (emu_log.h). Each GEMM is logged with its
+// compute type, the handle's math mode and whether its operands are 16-byte aligned, and the live
+// handles are counted, for the tests to check.
 //
 // The workspace is overwritten with garbage on every GEMM, as cuBLAS is free to use all of it:
-// scratch of the backend that overlapped it would be destroyed and fail the comparison.
+// scratch of the backend that overlapped it would be destroyed and fail the comparison. Its first
+// and last kScribbleEdge bytes, that is: scratch carved a few bytes wrong lands at an edge, GEMM
+// operands anywhere in it are refused outright, and scribbling (and so faulting in) all of a
+// 4 or 32 MiB workspace on every GEMM took most of the emulated tests' time.
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <set>
+#include <vector>
 
 #include "cuda_emu.h"
 
@@ -112,6 +123,45 @@ float to_tf32(float v)
     u = (u + 0x1000u) & ~0x1FFFu;
     std::memcpy(&v, &u, 4);
     return v;
+}
+
+// op(A) as m rows of k values and op(B) as n columns of k values, each contiguous, widened to the
+// accumulation type Acc (float inputs rounded to TF32 first when tf32).
+template <typename Acc, typename AAt, typename BAt>
+void widen_operands(const void *A, cudaDataType At, const void *B, cudaDataType Bt, int64_t m,
+                    int64_t n, int64_t k, AAt a_at, BAt b_at, bool tf32, std::vector<Acc> *ar,
+                    std::vector<Acc> *bc)
+{
+    ar->resize(static_cast<size_t>(m * k));
+    bc->resize(static_cast<size_t>(n * k));
+    for (int64_t i = 0; i < m; ++i)
+        for (int64_t p = 0; p < k; ++p) {
+            Acc v = static_cast<Acc>(load(A, At, a_at(i, p)));
+            (*ar)[i * k + p] = tf32 ? static_cast<Acc>(to_tf32(static_cast<float>(v))) : v;
+        }
+    for (int64_t j = 0; j < n; ++j)
+        for (int64_t p = 0; p < k; ++p) {
+            Acc v = static_cast<Acc>(load(B, Bt, b_at(p, j)));
+            (*bc)[j * k + p] = tf32 ? static_cast<Acc>(to_tf32(static_cast<float>(v))) : v;
+        }
+}
+
+// sum x[p] y[p] in Acc, as a GEMM that splits K does it: a running sum over each slice of
+// kSlice terms, the slices' sums added up in order. (cuBLAS documents no order; a plain
+// running sum over tens of thousands of same-sign terms would lose more than DESIGN 4's float32
+// bound, which cuBLAS's split-K kernels and the CPU backend's K slices both stay within.)
+template <typename Acc>
+Acc blocked_dot(const Acc *x, const Acc *y, int64_t k)
+{
+    constexpr int64_t kSlice = 256;
+    Acc total = 0;
+    for (int64_t p0 = 0; p0 < k; p0 += kSlice) {
+        const int64_t p1 = p0 + kSlice < k ? p0 + kSlice : k;
+        Acc acc = 0;
+        for (int64_t p = p0; p < p1; ++p) acc += x[p] * y[p];
+        total += acc;
+    }
+    return total;
 }
 
 // Bytes [lo, hi) a column-major (rows, cols) matrix with leading dimension ld can touch.
@@ -228,6 +278,12 @@ cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode)
     return CUBLAS_STATUS_SUCCESS;
 }
 
+int neat_emu_blas_live_handles(void)
+{
+    std::lock_guard<std::mutex> lock(g_mutex);
+    return static_cast<int>(g_handles.size());
+}
+
 cublasStatus_t cublasGemmEx_64(cublasHandle_t handle, cublasOperation_t transa,
                                cublasOperation_t transb, int64_t m, int64_t n, int64_t k,
                                const void *alpha, const void *A, cudaDataType Atype, int64_t lda,
@@ -237,7 +293,12 @@ cublasStatus_t cublasGemmEx_64(cublasHandle_t handle, cublasOperation_t transa,
 {
     const char *fn = "cublasGemmEx_64";
     if (!live(handle, fn)) return CUBLAS_STATUS_NOT_INITIALIZED;
-    neat_emu_log_push(NEAT_EMU_BLAS, fn, handle->stream);
+    auto al16 = [](const void *p, cudaDataType t, int64_t ld) {
+        return reinterpret_cast<uintptr_t>(p) % 16 == 0 &&
+               (ld * static_cast<int64_t>(type_size(t))) % 16 == 0;
+    };
+    neat_emu_log_push_gemm(fn, handle->stream, (int)computeType, (int)handle->math_mode,
+                           al16(A, Atype, lda) && al16(B, Btype, ldb) && al16(C, Ctype, ldc));
     const int dev = current_device();
     if (dev != handle->device)
         return refuse(CUBLAS_STATUS_INVALID_VALUE,
@@ -292,6 +353,25 @@ cublasStatus_t cublasGemmEx_64(cublasHandle_t handle, cublasOperation_t transa,
         return refuse(CUBLAS_STATUS_INVALID_VALUE, "%s: algo %d", fn, (int)algo);
     if (!alpha || !beta)
         return refuse(CUBLAS_STATUS_INVALID_VALUE, "%s: alpha or beta is NULL", fn);
+    // Every element of a device array is aligned to its size; anything else faults on the GPU.
+    const struct {
+        const void *p;
+        cudaDataType t;
+        const char *name;
+    } arrays[3] = {{A, Atype, "A"}, {B, Btype, "B"}, {C, Ctype, "C"}};
+    for (const auto &a : arrays)
+        if (reinterpret_cast<uintptr_t>(a.p) % type_size(a.t) != 0)
+            return refuse(CUBLAS_STATUS_INVALID_VALUE, "%s: %s at %p is not aligned to its %zu-byte "
+                          "elements", fn, a.name, a.p, type_size(a.t));
+
+    // Policy of this library (DESIGN 4): float32 accumulation, also across split-K partial sums
+    // that cuBLAS may otherwise reduce in a half output type.
+    if ((Ctype == CUDA_R_16F || Ctype == CUDA_R_16BF) &&
+        !(handle->math_mode & CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION))
+        return refuse(CUBLAS_STATUS_INVALID_VALUE,
+                      "%s: %s output on a handle with math mode %d, which lets cuBLAS reduce "
+                      "split-K partial sums in %s (set CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_"
+                      "REDUCTION)", fn, type_name(Ctype), (int)handle->math_mode, type_name(Ctype));
 
     // Policy of this library rather than of cuBLAS: no GEMM may make cuBLAS allocate.
     if (!handle->user_workspace)
@@ -319,17 +399,25 @@ cublasStatus_t cublasGemmEx_64(cublasHandle_t handle, cublasOperation_t transa,
 
     // With the device pointer mode the scalars live in device memory; here that is the same
     // address space, so reading them is right in both modes.
-    if (handle->workspace_bytes) std::memset(handle->workspace, 0xFF, handle->workspace_bytes);
+    constexpr size_t kScribbleEdge = 64 << 10;
+    unsigned char *ws = static_cast<unsigned char *>(handle->workspace);
+    const size_t wn = handle->workspace_bytes;
+    if (wn <= 2 * kScribbleEdge) {
+        if (wn) std::memset(ws, 0xFF, wn);
+    } else {
+        std::memset(ws, 0xFF, kScribbleEdge);
+        std::memset(ws + wn - kScribbleEdge, 0xFF, kScribbleEdge);
+    }
     auto a_at = [&](int64_t i, int64_t p) { return na ? i + p * lda : p + i * lda; };
     auto b_at = [&](int64_t p, int64_t j) { return nb ? p + j * ldb : j + p * ldb; };
     if (c64) {
         const double al = *static_cast<const double *>(alpha), be = *static_cast<const double *>(beta);
+        std::vector<double> ar, bc;
+        widen_operands(A, Atype, B, Btype, m, n, k, a_at, b_at, false, &ar, &bc);
         double *Cd = static_cast<double *>(C);
         for (int64_t j = 0; j < n; ++j)
             for (int64_t i = 0; i < m; ++i) {
-                double acc = 0;
-                for (int64_t p = 0; p < k; ++p)
-                    acc += load(A, Atype, a_at(i, p)) * load(B, Btype, b_at(p, j));
+                const double acc = blocked_dot(ar.data() + i * k, bc.data() + j * k, k);
                 // beta == 0: C is not read, so NaN or garbage in it does not survive
                 Cd[i + j * ldc] = be == 0 ? al * acc : al * acc + be * Cd[i + j * ldc];
             }
@@ -339,15 +427,11 @@ cublasStatus_t cublasGemmEx_64(cublasHandle_t handle, cublasOperation_t transa,
     const bool round_tf32 = Atype == CUDA_R_32F && computeType != CUBLAS_COMPUTE_32F_PEDANTIC &&
                             (tf32 || base_math == CUBLAS_TF32_TENSOR_OP_MATH);
     const float al = *static_cast<const float *>(alpha), be = *static_cast<const float *>(beta);
+    std::vector<float> ar, bc;
+    widen_operands(A, Atype, B, Btype, m, n, k, a_at, b_at, round_tf32, &ar, &bc);
     for (int64_t j = 0; j < n; ++j)
         for (int64_t i = 0; i < m; ++i) {
-            float acc = 0;
-            for (int64_t p = 0; p < k; ++p) {
-                float x = static_cast<float>(load(A, Atype, a_at(i, p)));
-                float y = static_cast<float>(load(B, Btype, b_at(p, j)));
-                if (round_tf32) x = to_tf32(x), y = to_tf32(y);
-                acc += x * y;
-            }
+            const float acc = blocked_dot(ar.data() + i * k, bc.data() + j * k, k);
             const int64_t ci = i + j * ldc;
             const float out = be == 0 ? al * acc : al * acc + be * static_cast<float>(load(C, Ctype, ci));
             store_f(C, Ctype, ci, out);

@@ -55,7 +55,14 @@ neat_emu_event neat_emu_log_at(size_t i) { return t_log.at(i); }
 
 void neat_emu_log_push(neat_emu_kind kind, const char *name, cudaStream_t stream)
 {
-    t_log.push_back(neat_emu_event{kind, name, stream, t_device});
+    t_log.push_back(neat_emu_event{kind, name, stream, t_device, 0, 0, 0});
+}
+
+void neat_emu_log_push_gemm(const char *name, cudaStream_t stream, int compute_type, int math_mode,
+                            int aligned16)
+{
+    t_log.push_back(
+        neat_emu_event{NEAT_EMU_BLAS, name, stream, t_device, compute_type, math_mode, aligned16});
 }
 
 int neat_emu_violations(void) { return g_violations.load(); }
@@ -99,6 +106,26 @@ int neat_emu_device_count(void)
         return n < 1 ? 1 : n;
     }();
     return count;
+}
+
+int neat_emu_compute_capability(int device)
+{
+    static const std::vector<int> ccs = [] {
+        std::vector<int> v;
+        const char *env = std::getenv("NEAT_EMU_CC");
+        const char *p = env && *env ? env : "80,90";
+        while (*p) {
+            char *end = nullptr;
+            long cc = std::strtol(p, &end, 10);
+            if (end == p) break;
+            v.push_back(static_cast<int>(cc));
+            p = *end == ',' ? end + 1 : end;
+        }
+        if (v.empty()) v.push_back(80);
+        return v;
+    }();
+    if (device < 0) return 0;
+    return ccs[static_cast<size_t>(device) < ccs.size() ? static_cast<size_t>(device) : ccs.size() - 1];
 }
 
 int neat_emu_stream_ok(const char *who, cudaStream_t stream)
@@ -176,6 +203,20 @@ cudaError_t cudaSetDevice(int device)
     if (device < 0 || device >= neat_emu_device_count()) return fail(cudaErrorInvalidDevice);
     t_device = device;
     return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int device)
+{
+    if (!value) return fail(cudaErrorInvalidValue);
+    if (device < 0 || device >= neat_emu_device_count()) return fail(cudaErrorInvalidDevice);
+    const int cc = neat_emu_compute_capability(device);
+    switch (attr) {
+    case cudaDevAttrComputeCapabilityMajor: *value = cc / 10; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *value = cc % 10; return cudaSuccess;
+    default:
+        neat_emu_violation("cudaDeviceGetAttribute: attribute %d is not emulated", (int)attr);
+        return fail(cudaErrorInvalidValue);
+    }
 }
 
 cudaError_t cudaStreamCreate(cudaStream_t *stream)

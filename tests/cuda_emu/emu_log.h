@@ -32,6 +32,11 @@ typedef struct neat_emu_event {
     const char *name;    /* kernel or API name (static storage) */
     cudaStream_t stream; /* NULL: the default stream */
     int device;          /* the current device when it was issued */
+    /* cuBLAS GEMMs only (0 for other events): */
+    int compute_type;    /* the cublasComputeType_t it was called with */
+    int math_mode;       /* the handle's cublasMath_t at the call */
+    int aligned16;       /* 1: A, B and C start on 16 bytes and their leading dimensions are
+                            multiples of 16 bytes (what cuBLAS's tensor-core kernels want) */
 } neat_emu_event;
 
 void neat_emu_log_clear(void);
@@ -54,12 +59,21 @@ void neat_emu_violation(const char *fmt, ...)
     ;
 /* Appends to this thread's log. */
 void neat_emu_log_push(neat_emu_kind kind, const char *name, cudaStream_t stream);
+/* Appends a cuBLAS GEMM (kind NEAT_EMU_BLAS) with what it was called with. */
+void neat_emu_log_push_gemm(const char *name, cudaStream_t stream, int compute_type, int math_mode,
+                            int aligned16);
+
+/* cuBLAS handles created and not destroyed, on every thread and device. */
+int neat_emu_blas_live_handles(void);
 
 /* 1 if stream may be used on the current device (NULL, the two special handles, or a stream
  * created by cudaStreamCreate on this device); otherwise records a violation naming `who`. */
 int neat_emu_stream_ok(const char *who, cudaStream_t stream);
 /* Number of emulated devices (NEAT_EMU_DEVICES in the environment, default 2). */
 int neat_emu_device_count(void);
+/* Compute capability of a device as 10 * major + minor: NEAT_EMU_CC in the environment, a comma
+ * list per device (the last entry repeats), default "80,90": cuda:0 an A100, cuda:1 an H100. */
+int neat_emu_compute_capability(int device);
 
 #ifdef __cplusplus
 }

@@ -2,7 +2,12 @@
 // test_kernels_cuda cannot reach: bfloat16, float16 and mixed precision (float32 A, B, hidden
 // with half x and weight) against the float64 reference, NaN propagation against the CPU
 // backend, the stream and device every piece of work is issued on, the cuBLAS double's own
-// strictness, and error cases on CUDA views. Tolerances (DESIGN 4): half 2e-2, float32 1e-5.
+// strictness, and error cases on CUDA views. Then what the tests/c tests cannot see from outside:
+// the mixed-precision rule of neat.h (bit for bit against the half call), y and dy that cuBLAS
+// cannot take in place with a workspace of exactly the queried size, TF32 on request only, the
+// cuBLAS math mode, 16-byte aligned scratch, the cuBLAS workspace per compute capability, and a
+// bounded number of cuBLAS handles however many threads come and go.
+// Tolerances (DESIGN 4): half 2e-2, float32 1e-5.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -10,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <cublas_v2.h>
@@ -19,6 +25,7 @@
 
 extern "C" {
 #include "check.h"
+#include "guard.h"
 #include "layer.h"
 #include "reference.h"
 #include "util.h"
@@ -58,6 +65,8 @@ double round_dt(neat_dtype d, double v)
 struct Buf {
     neat_tensor t{};
     std::vector<unsigned char> mem;
+    unsigned char *base = nullptr; // mem's first 64-byte boundary: rows of 16-byte multiples stay
+                                   // 16-byte aligned whatever the allocator gives
     int64_t elems = 0;
 
     Buf() = default;
@@ -76,6 +85,15 @@ struct Buf {
         t.sizes[0] = rows, t.sizes[1] = cols;
         t.strides[0] = rs, t.strides[1] = cs;
     }
+    // rows (rows, cols) with row stride ld
+    void make_ld(neat_dtype dt, int64_t rows, int64_t cols, int64_t ld, double fill, int device = 0)
+    {
+        elems = rows * ld;
+        init(dt, fill, device);
+        t.ndim = 2;
+        t.sizes[0] = rows, t.sizes[1] = cols;
+        t.strides[0] = ld, t.strides[1] = 1;
+    }
     void make1(neat_dtype dt, int64_t n, int64_t stride, double fill, int device = 0)
     {
         elems = n > 0 ? (n - 1) * stride + 1 : 0;
@@ -86,8 +104,9 @@ struct Buf {
     }
     void init(neat_dtype dt, double fill, int device)
     {
-        mem.assign(static_cast<size_t>(elems > 0 ? elems : 1) * esize(dt), 0);
-        t.data = mem.data();
+        mem.assign(static_cast<size_t>(elems > 0 ? elems : 1) * esize(dt) + 64, 0);
+        base = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
+        t.data = base;
         t.dtype = dt;
         t.device.type = NEAT_DEVICE_CUDA;
         t.device.index = device;
@@ -95,7 +114,7 @@ struct Buf {
     }
     void set_raw(int64_t i, double v)
     {
-        void *p = mem.data();
+        void *p = base;
         switch (t.dtype) {
         case NEAT_FLOAT64: static_cast<double *>(p)[i] = v; break;
         case NEAT_FLOAT32: static_cast<float *>(p)[i] = static_cast<float>(v); break;
@@ -107,7 +126,7 @@ struct Buf {
     }
     double raw(int64_t i) const
     {
-        const void *p = mem.data();
+        const void *p = base;
         switch (t.dtype) {
         case NEAT_FLOAT64: return static_cast<const double *>(p)[i];
         case NEAT_FLOAT32: return static_cast<const float *>(p)[i];
@@ -182,7 +201,7 @@ std::string describe(const Spec &s)
 struct Problem {
     Spec s;
     std::vector<double> x, W, b, A, B, H[NEAT_MAX_HIDDEN], dy;
-    std::vector<double> A_ref, B_ref; // A and B as the kernels use them (see below)
+    std::vector<double> A_ref, B_ref, H_ref[NEAT_MAX_HIDDEN]; // as the kernels use them (below)
     Buf tx, tW, tb, tA, tB, tH[NEAT_MAX_HIDDEN], tdy;
     neat_tensor hidden[NEAT_MAX_HIDDEN];
     neat_args args{};
@@ -191,14 +210,16 @@ struct Problem {
     explicit Problem(const Spec &sp) : s(sp)
     {
         uint64_t rng = s.seed;
-        // the amplitudes of tests/c/layer.c: every pre-activation O(1)
+        // the amplitudes of tests/c/layer.c: every pre-activation O(1), in sin2pi's unit of
+        // 1 / (2 pi) for sin2pi (it turns once per unit of z)
+        const double unit = s.act == NEAT_ACT_SIN2PI ? 0.15915494309189533577 : 1.0;
         x = rand_vals(&rng, s.N * s.d_in, 1.0, s.T);
         W = rand_vals(&rng, s.d_out * s.d_in, 1.0, s.T);
         b = rand_vals(&rng, s.d_out, 1.0, s.T);
-        A = rand_vals(&rng, s.r * s.d_out, 2.0 / std::sqrt(double(s.d_out)), s.P);
+        A = rand_vals(&rng, s.r * s.d_out, unit * 2.0 / std::sqrt(double(s.d_out)), s.P);
         B = rand_vals(&rng, s.d_out * s.r, 1.0, s.P);
         for (int i = 0; i < s.num_hidden; ++i)
-            H[i] = rand_vals(&rng, s.r * s.r, 1.5 / std::sqrt(double(s.r)), s.P);
+            H[i] = rand_vals(&rng, s.r * s.r, unit * 1.5 / std::sqrt(double(s.r)), s.P);
         dy = rand_vals(&rng, s.N * s.d_out, 1.0, s.T);
         const int L = s.layout_in;
         tx.make(s.T, s.N, s.d_in, L, 0, s.device), tx.write(x);
@@ -226,15 +247,19 @@ struct Problem {
         ref.act = s.act;
         ref.scale = s.scale;
         ref.x = x.data(), ref.W = W.data(), ref.b = s.bias ? b.data() : nullptr;
-        // Mixed precision as cuda/ implements it: float32 A and B are rounded to x's half dtype
-        // on entry (their products run on half tensor-core paths); hidden weights are read as
-        // float32. The reference takes the same rounded A and B, so the comparison measures the
-        // kernels, not that choice.
+        // Mixed precision as neat.h states it (torch.autocast's way): float32 A, B and hidden
+        // weights are rounded to x's half dtype before any product. The reference takes the same
+        // rounded values, so the comparison measures the kernels, not that choice (and
+        // mixed_equals_half_tests checks the rule itself, bit for bit).
         A_ref = A, B_ref = B;
         for (auto &v : A_ref) v = round_dt(s.T, v);
         for (auto &v : B_ref) v = round_dt(s.T, v);
         ref.A = A_ref.data(), ref.B = B_ref.data();
-        for (int i = 0; i < s.num_hidden; ++i) ref.H[i] = H[i].data();
+        for (int i = 0; i < s.num_hidden; ++i) {
+            H_ref[i] = H[i];
+            for (auto &v : H_ref[i]) v = round_dt(s.T, v);
+            ref.H[i] = H_ref[i].data();
+        }
     }
 };
 
@@ -351,7 +376,7 @@ void half_precision_tests()
     for (const auto &cfg : configs) {
         const int before = check_failures, checks_before = check_count;
         for (const auto &sh : shapes)
-            for (int act = 0; act <= NEAT_ACT_IDENTITY; ++act)
+            for (int act = 0; act <= NEAT_ACT_LAST; ++act)
                 for (int depth : depths) {
                     Spec s{sh[0], sh[1], sh[2], sh[3], static_cast<neat_activation>(act), depth,
                            idx % 2, cfg[0], cfg[1], idx % LAYOUT_COUNT, (idx / 3) % LAYOUT_COUNT,
@@ -480,7 +505,7 @@ void stream_tests()
 
 void nan_tests()
 {
-    for (int act = 0; act <= NEAT_ACT_IDENTITY; ++act) {
+    for (int act = 0; act <= NEAT_ACT_LAST; ++act) {
         Spec s{5, 37, 53, 3, static_cast<neat_activation>(act), 2, 1, NEAT_FLOAT32, NEAT_FLOAT32,
                0, 0, 1.0, 90};
         Problem p(s);
@@ -570,6 +595,46 @@ void cublas_double_tests()
           "C inside the cuBLAS workspace must be refused");
     CHECK(neat_emu_violations() == v + 10, "every refusal is recorded (%d, expected %d)",
           neat_emu_violations(), v + 10);
+
+    // TF32: with CUBLAS_COMPUTE_32F_FAST_TF32 the inputs keep 10 mantissa bits (1 + 2^-12 -> 1)
+    v = neat_emu_violations();
+    const float a1[1] = {1.0f + 0x1p-12f}, b1[1] = {1.0f};
+    float c1 = 0;
+    CHECK(cublasGemmEx_64(h, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, 1, &one, a1, CUDA_R_32F, 1, b1,
+                          CUDA_R_32F, 1, &zero, &c1, CUDA_R_32F, 1, CUBLAS_COMPUTE_32F,
+                          CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS &&
+              c1 == a1[0],
+          "COMPUTE_32F must keep float32 inputs (got %.9g)", c1);
+    CHECK(cublasGemmEx_64(h, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, 1, &one, a1, CUDA_R_32F, 1, b1,
+                          CUDA_R_32F, 1, &zero, &c1, CUDA_R_32F, 1, CUBLAS_COMPUTE_32F_FAST_TF32,
+                          CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS &&
+              c1 == 1.0f,
+          "COMPUTE_32F_FAST_TF32 must round inputs to TF32 (got %.9g)", c1);
+    // a half output needs a math mode that keeps split-K reductions in float32 (DESIGN 4)
+    __nv_bfloat16 hA[6], hB[6], hC[4];
+    for (int i = 0; i < 6; ++i) hA[i] = __float2bfloat16_rn(A[i]), hB[i] = __float2bfloat16_rn(B[i]);
+    auto half_gemm = [&] {
+        return cublasGemmEx_64(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 3, &one, hA, CUDA_R_16BF, 2, hB,
+                               CUDA_R_16BF, 3, &zero, hC, CUDA_R_16BF, 2, CUBLAS_COMPUTE_32F,
+                               CUBLAS_GEMM_DEFAULT);
+    };
+    CHECK(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH) == CUBLAS_STATUS_SUCCESS, "math mode");
+    CHECK(half_gemm() == CUBLAS_STATUS_INVALID_VALUE,
+          "a bfloat16 output without CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION must be refused");
+    CHECK(cublasSetMathMode(h, static_cast<cublasMath_t>(
+                                   CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)) ==
+              CUBLAS_STATUS_SUCCESS,
+          "math mode");
+    CHECK(half_gemm() == CUBLAS_STATUS_SUCCESS && __bfloat162float(hC[3]) == 12.0f,
+          "the same bfloat16 GEMM with reductions kept in float32");
+    // an operand not aligned to its element
+    CHECK(cublasGemmEx_64(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 3, &one,
+                          reinterpret_cast<const char *>(A) + 2, CUDA_R_32F, 2, B, CUDA_R_32F, 3,
+                          &zero, C, CUDA_R_32F, 2, CUBLAS_COMPUTE_32F,
+                          CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_INVALID_VALUE,
+          "A misaligned for its element type must be refused");
+    CHECK(neat_emu_violations() == v + 2, "refusals recorded (%d, expected %d)",
+          neat_emu_violations(), v + 2);
     cublasDestroy(h);
     neat_emu_reset_violations();
     neat_emu_set_quiet(0);
@@ -622,23 +687,389 @@ void error_tests()
     a.x = &x1.t;
     expect_err(call_forward(1, &y.t, &a, nullptr), NEAT_ERR_INVALID_ARGUMENT, "one device",
                "x on cuda:1, weight on cuda:0");
+}
 
-    // An output cuBLAS cannot write (no unit stride) needs scratch the size query, which sees no
-    // output, cannot foresee: a clean NEAT_ERR_WORKSPACE, never a wrong or partial result.
-    Buf ywide;
-    ywide.make(s.T, s.N, 2 * s.d_out, 0, 0);
-    ywide.t.sizes[1] = s.d_out, ywide.t.strides[1] = 2;
-    expect_err(call_forward(1, &ywide.t, &p.args, nullptr), NEAT_ERR_WORKSPACE, "unit stride",
-               "y with no unit stride");
-    // The same for dy in the backward: its size query has no dy and assumes a contiguous one.
-    Buf dywide, dx;
-    dywide.make(s.T, s.N, 2 * s.d_out, 0, 0);
-    dywide.t.sizes[1] = s.d_out, dywide.t.strides[1] = 2;
-    dx.make(s.T, s.N, s.d_in, 0, 0);
+
+// ---- calls with a workspace of exactly the queried size, against a guard ----------------------
+
+// The query's size, then the call with a workspace of exactly that many bytes in a mapping whose
+// next byte faults (and is poisoned under ASan).
+neat_status exact_forward(int with_base, neat_tensor *y, const neat_args *a, const neat_exec *ex,
+                          size_t *bytes)
+{
+    neat_status st = with_base ? neat_linear_forward_workspace_size(a, ex, bytes)
+                               : neat_adapter_forward_workspace_size(a, ex, bytes);
+    if (st != NEAT_OK) return st;
+    gbuf ws = guard_alloc(*bytes, GUARD_BACK, GUARD_FLUSH);
+    st = with_base ? neat_linear_forward(y, a, ws.p, *bytes, ex)
+                   : neat_adapter_forward(y, a, ws.p, *bytes, ex);
+    guard_free(&ws);
+    return st;
+}
+
+neat_status exact_backward(int with_base, const neat_grads *g, const neat_tensor *dy,
+                           const neat_args *a, const neat_exec *ex, size_t *bytes)
+{
+    neat_status st = with_base ? neat_linear_backward_workspace_size(g, a, ex, bytes)
+                               : neat_adapter_backward_workspace_size(g, a, ex, bytes);
+    if (st != NEAT_OK) return st;
+    gbuf ws = guard_alloc(*bytes, GUARD_BACK, GUARD_FLUSH);
+    st = with_base ? neat_linear_backward(g, dy, a, ws.p, *bytes, ex)
+                   : neat_adapter_backward(g, dy, a, ws.p, *bytes, ex);
+    guard_free(&ws);
+    return st;
+}
+
+bool same_values(const Buf &a, const Buf &b)
+{
+    const std::vector<double> va = a.read(), vb = b.read();
+    return va.size() == vb.size() && std::memcmp(va.data(), vb.data(), va.size() * sizeof(double)) == 0;
+}
+
+// Every gradient of a problem, contiguous, NaN-filled; T for x/W ones, P for A/B/H ones (or any
+// dtype given).
+struct GradBufs {
+    Buf dx, dW, db, dA, dB, dH[NEAT_MAX_HIDDEN];
+    neat_tensor dhv[NEAT_MAX_HIDDEN];
     neat_grads g{};
-    g.dx = &dx.t;
-    expect_err(call_backward(1, &g, &dywide.t, &p.args, nullptr), NEAT_ERR_WORKSPACE, "unit stride",
-               "dy with no unit stride");
+    GradBufs(const Spec &s, neat_dtype T, neat_dtype P, int with_base)
+    {
+        dx.make(T, s.N, s.d_in, LAYOUT_CONTIG, NAN, s.device);
+        dW.make(T, s.d_out, s.d_in, LAYOUT_CONTIG, NAN, s.device);
+        db.make1(T, s.d_out, 1, NAN, s.device);
+        dA.make(P, s.r, s.d_out, LAYOUT_CONTIG, NAN, s.device);
+        dB.make(P, s.d_out, s.r, LAYOUT_CONTIG, NAN, s.device);
+        for (int i = 0; i < s.num_hidden; ++i) {
+            dH[i].make(P, s.r, s.r, LAYOUT_CONTIG, NAN, s.device);
+            dhv[i] = dH[i].t;
+        }
+        g.dx = &dx.t, g.dweight = &dW.t, g.dbias = with_base ? &db.t : nullptr;
+        g.dA = &dA.t, g.dB = &dB.t, g.dhidden = s.num_hidden ? dhv : nullptr;
+    }
+};
+
+// ---- mixed precision is the half call on rounded adapters (neat.h) ----------------------------
+
+// b holds round_T(a) element by element (a float32 output of a mixed call, b the half call's).
+bool rounds_to(const Buf &a, const Buf &b, neat_dtype T)
+{
+    const std::vector<double> va = a.read(), vb = b.read();
+    if (va.size() != vb.size()) return false;
+    for (size_t i = 0; i < va.size(); ++i)
+        if (round_dt(T, va[i]) != vb[i]) return false;
+    return true;
+}
+
+void mixed_equals_half_tests()
+{
+    int idx = 0, cases = 0;
+    for (neat_dtype T : {NEAT_BFLOAT16, NEAT_FLOAT16})
+        for (neat_activation act : {NEAT_ACT_RELU, NEAT_ACT_GELU, NEAT_ACT_SIN})
+            for (int depth : {0, 4})
+                for (int bias : {0, 1}) {
+                    // same seed: the half problem's A, B, H are the mixed one's rounded to T
+                    Spec sm{7, 37, 53, 3, act, depth, bias, T, NEAT_FLOAT32, idx % LAYOUT_COUNT,
+                            0, idx % 2 ? 0.7 : 1.0, 7000 + static_cast<uint64_t>(idx)};
+                    Spec sh = sm;
+                    sh.P = T;
+                    Problem pm(sm), ph(sh);
+                    const std::string desc = "mixed vs half " + describe(sm);
+                    for (int with_base = 1; with_base >= 0; --with_base) {
+                        neat_args am = pm.args, ah = ph.args;
+                        if (!with_base) am.bias = ah.bias = nullptr;
+                        Buf ym, yh;
+                        ym.make(T, sm.N, sm.d_out, 0, NAN), yh.make(T, sm.N, sm.d_out, 0, NAN);
+                        CHECK(call_forward(with_base, &ym.t, &am, nullptr) == NEAT_OK &&
+                                  call_forward(with_base, &yh.t, &ah, nullptr) == NEAT_OK,
+                              "%s: forward: %s", desc.c_str(), neat_last_error());
+                        CHECK(same_values(ym, yh), "%s: y differs from the half call's", desc.c_str());
+                        GradBufs gm(sm, T, NEAT_FLOAT32, with_base), gh(sh, T, T, with_base);
+                        CHECK(call_backward(with_base, &gm.g, &pm.tdy.t, &am, nullptr) == NEAT_OK &&
+                                  call_backward(with_base, &gh.g, &ph.tdy.t, &ah, nullptr) == NEAT_OK,
+                              "%s: backward: %s", desc.c_str(), neat_last_error());
+                        CHECK(same_values(gm.dx, gh.dx) && same_values(gm.dW, gh.dW) &&
+                                  (!with_base || same_values(gm.db, gh.db)),
+                              "%s: dx, dweight or dbias differs from the half call's", desc.c_str());
+                        CHECK(rounds_to(gm.dA, gh.dA, T) && rounds_to(gm.dB, gh.dB, T),
+                              "%s: dA or dB, rounded to x's dtype, differs from the half call's",
+                              desc.c_str());
+                        for (int i = 0; i < depth; ++i)
+                            CHECK(rounds_to(gm.dH[i], gh.dH[i], T),
+                                  "%s: dhidden[%d], rounded, differs from the half call's",
+                                  desc.c_str(), i);
+                    }
+                    Buf Gm, Gh, Gm32;
+                    Gm.make(T, sm.r, sm.d_in, 0, NAN), Gh.make(T, sm.r, sm.d_in, 0, NAN);
+                    Gm32.make(NEAT_FLOAT32, sm.r, sm.d_in, 0, NAN);
+                    CHECK(call_compute_g(&Gm.t, &pm.args, nullptr) == NEAT_OK &&
+                              call_compute_g(&Gh.t, &ph.args, nullptr) == NEAT_OK &&
+                              call_compute_g(&Gm32.t, &pm.args, nullptr) == NEAT_OK,
+                          "%s: compute_g: %s", desc.c_str(), neat_last_error());
+                    CHECK(same_values(Gm, Gh) && rounds_to(Gm32, Gh, T),
+                          "%s: G differs from the half call's", desc.c_str());
+                    ++idx, ++cases;
+                }
+    std::printf("  mixed precision = half precision on rounded A, B, hidden: %d cases\n", cases);
+}
+
+// ---- y and dy that cuBLAS cannot take in place ------------------------------------------------
+
+// A view of values v (rows, cols) with strides (2 cols + 1, 2): neither is 1. The storage around
+// the elements is NaN.
+void make_spread(Buf &b, neat_dtype dt, int64_t rows, int64_t cols, double fill)
+{
+    b.make(dt, rows, 2 * cols + 1, LAYOUT_CONTIG, fill);
+    b.t.sizes[1] = cols, b.t.strides[1] = 2;
+}
+
+void strided_y_dy_tests()
+{
+    // The second shape needs two stage blocks (1 MiB) both ways: rows of y, dU and dx, columns
+    // of dy for dB, dweight and dbias.
+    static const int64_t shapes[][4] = {{5, 37, 53, 3}, {5000, 37, 53, 3}};
+    static const neat_dtype configs[][2] = {{NEAT_FLOAT32, NEAT_FLOAT32},
+                                            {NEAT_BFLOAT16, NEAT_BFLOAT16},
+                                            {NEAT_FLOAT16, NEAT_FLOAT32}};
+    int idx = 0;
+    for (const auto &cfg : configs)
+        for (const auto &sh : shapes) {
+            Spec s{sh[0], sh[1], sh[2], sh[3], NEAT_ACT_GELU, 2, 1, cfg[0], cfg[1], 0, 0, 0.7,
+                   8000 + static_cast<uint64_t>(idx++)};
+            Problem p(s);
+            const std::string desc = "strided y/dy " + describe(s);
+            for (int with_base = 1; with_base >= 0; --with_base) {
+                neat_args a = p.args;
+                if (!with_base) a.bias = nullptr;
+                size_t q_contig = 0, q_spread = 0;
+                Buf y0, y1;
+                y0.make(s.T, s.N, s.d_out, LAYOUT_CONTIG, NAN);
+                make_spread(y1, s.T, s.N, s.d_out, NAN);
+                neat_status st0 = exact_forward(with_base, &y0.t, &a, nullptr, &q_contig);
+                neat_status st1 = exact_forward(with_base, &y1.t, &a, nullptr, &q_spread);
+                CHECK(st0 == NEAT_OK && st1 == NEAT_OK,
+                      "%s: forward with y contiguous %d, y strides (%lld, 2) %d: %s", desc.c_str(),
+                      (int)st0, (long long)y1.t.strides[0], (int)st1, neat_last_error());
+                CHECK(same_values(y0, y1), "%s: y through the stage differs from y written in place",
+                      desc.c_str());
+                CHECK(y1.padding_untouched(), "%s: y wrote between its elements", desc.c_str());
+
+                // dy three ways with the same values: contiguous, every other column, and one row
+                // broadcast (stride 0, what .sum() hands autograd); grads compared bit for bit
+                std::vector<double> dyb(static_cast<size_t>(s.N * s.d_out));
+                for (int64_t i = 0; i < s.N; ++i)
+                    for (int64_t j = 0; j < s.d_out; ++j) dyb[i * s.d_out + j] = p.dy[j];
+                Buf dc, ds, dbc, dbb;
+                dc.make(s.T, s.N, s.d_out, LAYOUT_CONTIG, 0), dc.write(p.dy);
+                make_spread(ds, s.T, s.N, s.d_out, NAN), ds.write(p.dy);
+                dbc.make(s.T, s.N, s.d_out, LAYOUT_CONTIG, 0), dbc.write(dyb);
+                dbb.make(s.T, 1, s.d_out, LAYOUT_CONTIG, 0), dbb.write(p.dy);
+                dbb.t.sizes[0] = s.N, dbb.t.strides[0] = 0;
+                const struct {
+                    const Buf *ref, *odd;
+                    const char *what;
+                } pairs[] = {{&dc, &ds, "strides (2 d_out + 1, 2)"}, {&dbc, &dbb, "strides (0, 1)"}};
+                for (const auto &pr : pairs) {
+                    GradBufs g0(s, s.T, s.P, with_base), g1(s, s.T, s.P, with_base);
+                    size_t b0 = 0, b1 = 0;
+                    st0 = exact_backward(with_base, &g0.g, &pr.ref->t, &a, nullptr, &b0);
+                    st1 = exact_backward(with_base, &g1.g, &pr.odd->t, &a, nullptr, &b1);
+                    CHECK(st0 == NEAT_OK && st1 == NEAT_OK, "%s: backward, dy %s: %d %d: %s",
+                          desc.c_str(), pr.what, (int)st0, (int)st1, neat_last_error());
+                    bool same = same_values(g0.dx, g1.dx) && same_values(g0.dW, g1.dW) &&
+                                same_values(g0.dA, g1.dA) && same_values(g0.dB, g1.dB) &&
+                                (!with_base || same_values(g0.db, g1.db));
+                    for (int i = 0; i < s.num_hidden; ++i) same = same && same_values(g0.dH[i], g1.dH[i]);
+                    CHECK(same, "%s: %s gradients, dy %s, differ from a contiguous dy's",
+                          desc.c_str(), with_base ? "linear" : "adapter", pr.what);
+                }
+            }
+            // and the staged results are right, not only equal to each other (the small shape)
+            if (s.N <= 64) {
+                std::vector<double> yb(s.N * s.d_out + 1), ya(s.N * s.d_out + 1);
+                ref_forward(&p.ref, yb.data(), ya.data());
+                for (int64_t i = 0; i < s.N * s.d_out; ++i) ya[i] += yb[i];
+                Buf y;
+                make_spread(y, s.T, s.N, s.d_out, NAN);
+                size_t q = 0;
+                CHECK(exact_forward(1, &y.t, &p.args, nullptr, &q) == NEAT_OK, "%s: %s", desc.c_str(),
+                      neat_last_error());
+                expect_close(desc, "staged y", y, ya, s.T == NEAT_FLOAT32 ? 1e-5 : kHalfTol);
+            }
+        }
+}
+
+// ---- TF32 only on request, float32 accumulation always ----------------------------------------
+
+// Checks every GEMM of this thread's log: the compute type wanted, and the math mode that keeps
+// split-K reductions in float32.
+void expect_gemms(const char *what, int compute_type)
+{
+    size_t gemms = 0;
+    for (size_t i = 0; i < neat_emu_log_size(); ++i) {
+        const neat_emu_event e = neat_emu_log_at(i);
+        if (e.kind != NEAT_EMU_BLAS) continue;
+        ++gemms;
+        CHECK(e.compute_type == compute_type, "%s: a GEMM ran with compute type %d, expected %d",
+              what, e.compute_type, compute_type);
+        CHECK(e.math_mode & CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION,
+              "%s: a GEMM ran with math mode %d (reduced-precision reductions allowed)", what,
+              e.math_mode);
+    }
+    CHECK(gemms > 0, "%s: no GEMM in the log", what);
+}
+
+void tf32_tests()
+{
+    Spec s{33, 64, 48, 8, NEAT_ACT_TANH, 2, 1, NEAT_FLOAT32, NEAT_FLOAT32, 0, 0, 0.7, 9100};
+    Problem p(s);
+    std::vector<double> yb(s.N * s.d_out), ya(s.N * s.d_out), dA(s.r * s.d_out);
+    ref_forward(&p.ref, yb.data(), ya.data());
+    for (size_t i = 0; i < ya.size(); ++i) ya[i] += yb[i];
+    ref_grads rg{};
+    rg.dA = dA.data();
+    ref_backward(&p.ref, p.dy.data(), &rg);
+    double err[2] = {0, 0}, err_da[2] = {0, 0};
+    Buf y[2], gA[2];
+    for (int tf = 0; tf <= 1; ++tf) {
+        neat_exec ex{};
+        ex.allow_tf32 = tf;
+        y[tf].make(s.T, s.N, s.d_out, 0, NAN);
+        gA[tf].make(s.P, s.r, s.d_out, 0, NAN);
+        neat_grads g{};
+        g.dA = &gA[tf].t;
+        neat_emu_log_clear();
+        CHECK(call_forward(1, &y[tf].t, &p.args, &ex) == NEAT_OK &&
+                  call_backward(1, &g, &p.tdy.t, &p.args, &ex) == NEAT_OK,
+              "allow_tf32 %d: %s", tf, neat_last_error());
+        expect_gemms(tf ? "float32, allow_tf32 = 1" : "float32, allow_tf32 = 0",
+                     tf ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F);
+        std::vector<double> got = y[tf].read(), gotA = gA[tf].read();
+        err[tf] = rel_err(got.data(), ya.data(), static_cast<int64_t>(ya.size()));
+        err_da[tf] = rel_err(gotA.data(), dA.data(), static_cast<int64_t>(dA.size()));
+    }
+    CHECK(err[0] <= 1e-5 && err_da[0] <= 1e-5, "strict float32: y rel err %.3g, dA %.3g > 1e-5",
+          err[0], err_da[0]);
+    // TF32 keeps 10 mantissa bits: relative errors of a few 1e-4, visibly above float32's
+    CHECK(err[1] > 1e-5 && err[1] < 5e-3 && err_da[1] > 1e-5 && err_da[1] < 5e-3,
+          "TF32: y rel err %.3g, dA %.3g: expected between 1e-5 and 5e-3", err[1], err_da[1]);
+    std::printf("  TF32: y rel err %.2g (strict float32 %.2g), dA %.2g (%.2g)\n", err[1], err[0],
+                err_da[1], err_da[0]);
+
+    // allow_tf32 changes nothing where there is no float32 product
+    for (neat_dtype dt : {NEAT_FLOAT64, NEAT_BFLOAT16}) {
+        Spec sd = s;
+        sd.T = sd.P = dt;
+        Problem pd(sd);
+        Buf a, b;
+        a.make(dt, sd.N, sd.d_out, 0, NAN), b.make(dt, sd.N, sd.d_out, 0, NAN);
+        neat_exec ex{};
+        ex.allow_tf32 = 1;
+        neat_emu_log_clear();
+        CHECK(call_forward(1, &a.t, &pd.args, &ex) == NEAT_OK, "%s: %s", dtype_name(dt),
+              neat_last_error());
+        expect_gemms(dt == NEAT_FLOAT64 ? "float64, allow_tf32 = 1" : "bfloat16 forward, allow_tf32 = 1",
+                     dt == NEAT_FLOAT64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F);
+        CHECK(call_forward(1, &b.t, &pd.args, nullptr) == NEAT_OK, "%s: %s", dtype_name(dt),
+              neat_last_error());
+        CHECK(same_values(a, b), "%s: allow_tf32 changed the result", dtype_name(dt));
+    }
+}
+
+// ---- scratch the backend hands cuBLAS is 16-byte aligned; cuBLAS workspace per device ----------
+
+void alignment_tests()
+{
+    // x, W, y, dy and every gradient have rows of 16-byte multiples; r = 3 with a bias makes the
+    // backend's own (N, r + 1), (d_out, r + 1), (N, r) scratch odd-sized: only its padding keeps
+    // every GEMM operand aligned
+    static const neat_dtype configs[][2] = {{NEAT_FLOAT32, NEAT_FLOAT32},
+                                            {NEAT_BFLOAT16, NEAT_BFLOAT16},
+                                            {NEAT_BFLOAT16, NEAT_FLOAT32}};
+    for (const auto &cfg : configs) {
+        Spec s{24, 64, 48, 3, NEAT_ACT_GELU, 2, 1, cfg[0], cfg[1], LAYOUT_CONTIG, 0, 0.5, 9200};
+        Problem p(s);
+        const std::string desc = "aligned scratch " + describe(s);
+        // the caller's own r-wide views get a row stride of 8 elements (16 or 32 bytes)
+        p.tA.make(s.P, s.r, s.d_out, LAYOUT_CONTIG, 0), p.tA.write(p.A);
+        p.tB.make_ld(s.P, s.d_out, s.r, 8, 0), p.tB.write(p.B);
+        Buf y, G;
+        y.make(s.T, s.N, s.d_out, 0, NAN);
+        G.make(s.T, s.r, s.d_in, 0, NAN);
+        GradBufs g(s, s.T, s.P, 1);
+        g.dB.make_ld(s.P, s.d_out, s.r, 8, NAN);
+        for (int i = 0; i < s.num_hidden; ++i) {
+            g.dH[i].make_ld(s.P, s.r, s.r, 8, NAN);
+            g.dhv[i] = g.dH[i].t;
+        }
+        neat_emu_log_clear();
+        CHECK(call_forward(1, &y.t, &p.args, nullptr) == NEAT_OK &&
+                  call_backward(1, &g.g, &p.tdy.t, &p.args, nullptr) == NEAT_OK &&
+                  call_compute_g(&G.t, &p.args, nullptr) == NEAT_OK,
+              "%s: %s", desc.c_str(), neat_last_error());
+        size_t gemms = 0, odd = 0;
+        for (size_t i = 0; i < neat_emu_log_size(); ++i) {
+            const neat_emu_event e = neat_emu_log_at(i);
+            if (e.kind != NEAT_EMU_BLAS) continue;
+            ++gemms;
+            odd += !e.aligned16;
+        }
+        CHECK(gemms > 0 && odd == 0, "%s: %zu of %zu GEMMs had an operand not 16-byte aligned",
+              desc.c_str(), odd, gemms);
+    }
+
+    // the cuBLAS workspace: 4 MiB before compute capability 9.0, 32 MiB from it (cuda:0 is an
+    // sm_80, cuda:1 an sm_90 in the emulation)
+    if (!std::getenv("NEAT_CUBLAS_WORKSPACE_KB")) {
+        size_t need[2] = {0, 0};
+        for (int dev = 0; dev < 2; ++dev) {
+            Spec s{4, 37, 53, 3, NEAT_ACT_RELU, 0, 1, NEAT_BFLOAT16, NEAT_BFLOAT16, 0, 0, 1.0, 9300, dev};
+            Problem p(s);
+            CHECK(neat_linear_forward_workspace_size(&p.args, nullptr, &need[dev]) == NEAT_OK,
+                  "size query on cuda:%d: %s", dev, neat_last_error());
+        }
+        CHECK(need[0] > (size_t(4) << 20) && need[0] < (size_t(5) << 20) &&
+                  need[1] - need[0] == (size_t(28) << 20),
+              "cuBLAS workspace: cuda:0 (sm_80) query %zu bytes, cuda:1 (sm_90) %zu: expected "
+              "4 MiB and 32 MiB plus the same scratch",
+              need[0], need[1]);
+    }
+}
+
+// ---- cuBLAS handles: a pool, not one per thread ever started ----------------------------------
+
+void handle_pool_tests()
+{
+    Spec s0{3, 16, 24, 2, NEAT_ACT_RELU, 0, 0, NEAT_FLOAT32, NEAT_FLOAT32, 0, 0, 1.0, 9400, 0};
+    Spec s1 = s0;
+    s1.device = 1;
+    Problem p0(s0), p1(s1);
+    constexpr int kBatch = 4, kRounds = 12;
+    const int before = neat_emu_blas_live_handles();
+    neat_status st[kRounds][kBatch];
+    for (int round = 0; round < kRounds; ++round) {
+        std::vector<std::thread> threads;
+        for (int t = 0; t < kBatch; ++t)
+            threads.emplace_back([&, round, t] {
+                // each thread works on both devices, so it holds a handle of each
+                Buf y0, y1;
+                y0.make(s0.T, s0.N, s0.d_out, 0, 0, 0);
+                y1.make(s1.T, s1.N, s1.d_out, 0, 0, 1);
+                neat_status a = call_forward(0, &y0.t, &p0.args, nullptr);
+                st[round][t] = a != NEAT_OK ? a : call_forward(0, &y1.t, &p1.args, nullptr);
+            });
+        for (auto &th : threads) th.join();
+    }
+    int failed = 0;
+    for (auto &row : st)
+        for (neat_status v : row) failed += v != NEAT_OK;
+    const int after = neat_emu_blas_live_handles();
+    CHECK(failed == 0, "%d of %d threaded calls failed", failed, kBatch * kRounds);
+    // at most kBatch threads at once, one handle each per device: never more handles than that
+    CHECK(after - before <= 2 * kBatch,
+          "%d threads (%d at a time, 2 devices each) left %d new cuBLAS handles; at most %d expected",
+          kBatch * kRounds, kBatch, after - before, 2 * kBatch);
+    std::printf("  cuBLAS handles: %d threads on 2 devices, %d at a time: %d handles created\n",
+                kBatch * kRounds, kBatch, after - before);
 }
 
 } // namespace
@@ -651,6 +1082,11 @@ int main()
     nan_tests();
     cublas_double_tests();
     error_tests();
+    mixed_equals_half_tests();
+    strided_y_dy_tests();
+    tf32_tests();
+    alignment_tests();
+    handle_pool_tests();
     CHECK(neat_emu_violations() == 0, "%d violations of the CUDA runtime / cuBLAS rules; last: %s",
           neat_emu_violations(), neat_emu_last_violation());
     return check_exit("test_cuda_emu");

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tests/gpu/run.sh - build torch-neat with the CUDA backend against the torch found here, then run
-# the GPU checks. Meant for the lent GPU machine (never CI). Usage, from the repository root:
+# the GPU checks (pytest tests/gpu), compute-sanitizer (memcheck, racecheck, initcheck) and the GPU
+# benchmark. Meant for the lent GPU machine (never CI). Usage, from the repository root:
 #
 #   tests/gpu/run.sh [stage ...]      stages: build test sanitize bench (default: all four)
 #
@@ -34,6 +35,7 @@ step() { # step NAME command...: runs, logs to $OUT/NAME.log, records failure
 if has build; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+  command -v nvcc >/dev/null && nvcc --version | tail -n 2
   archs="${NEAT_CUDA_ARCHS:-$("$PY" -c "import torch; a, b = torch.cuda.get_device_capability(); print(f'{a}{b}')")}"
   # No network there: no build isolation, no index. Warnings are CI's business, not this run's.
   step build "$PY" -m pip install --no-build-isolation --no-deps --no-index -v . \
@@ -41,7 +43,10 @@ if has build; then
     --config-settings=cmake.define.NEAT_WERROR=OFF \
     --config-settings=cmake.define.CMAKE_CUDA_ARCHITECTURES="$archs" \
     --config-settings=build-dir=build/gpu || { echo "build failed: stopping"; exit 1; }
-  "$PY" -c "import torch_neat; print('torch_neat HAS_CUDA =', torch_neat.HAS_CUDA)"
+  # the CUDA library must load (a CUDA major other than torch's is refused at configure time with
+  # NEAT_CUDA=ON, and torch_neat warns and falls back to CPU if it fails to load anyway)
+  step load "$PY" -c \
+    "import sys, torch_neat; print('torch_neat HAS_CUDA =', torch_neat.HAS_CUDA); sys.exit(0 if torch_neat.HAS_CUDA else 1)"
 fi
 
 if has test; then
@@ -55,6 +60,8 @@ if has sanitize; then
     export PYTORCH_NO_CUDA_MEMORY_CACHING=1
     step memcheck compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" tests/gpu/sanitize_smoke.py
     step racecheck compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" tests/gpu/sanitize_smoke.py
+    # reads of device memory no one wrote (a workspace or output slice the kernels forget to fill)
+    step initcheck compute-sanitizer --tool initcheck --error-exitcode 9 "$PY" tests/gpu/sanitize_smoke.py
     unset PYTORCH_NO_CUDA_MEMORY_CACHING
   else
     echo "compute-sanitizer not found"; failed+=(sanitize)

@@ -1,5 +1,6 @@
-"""A short run of every op for compute-sanitizer (memcheck, racecheck): small shapes, every dtype
-path, hidden layers, bias, N = 0, non-contiguous inputs and outputs. Prints OK at the end."""
+"""A short run of every op for compute-sanitizer (memcheck, racecheck, initcheck): small shapes, every
+dtype path, hidden layers, bias and none, N = 0, non-contiguous inputs and outputs, autocast. Prints OK
+at the end."""
 
 import torch
 
@@ -31,5 +32,13 @@ def case(dt, pdt, n, depth, bias, transpose):
 for dt, pdt in [(torch.float32, torch.float32), (torch.float64, torch.float64), (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32)]:
     for n, depth, bias, tr in [(5, 2, True, False), (7, 6, False, True), (0, 4, True, False), (1, 10, True, True)]:
         case(dt, pdt, n, depth, bias, tr)
+# torch.autocast over float32 weights and adapters (the HF Trainer setup): half x and W with float32
+# adapters, through the registered ops and through NeatLinear's fast path
+for ac in (torch.bfloat16, torch.float16):
+    with torch.autocast("cuda", dtype=ac):
+        for n, depth, bias, tr in [(5, 4, True, False), (3, 2, False, True)]:
+            case(torch.float32, torch.float32, n, depth, bias, tr)
+        layer = torch_neat.NeatLinear(torch.nn.Linear(37, 53, device=dev), r=3, depth=4)
+        layer(torch.randn(4, 37, device=dev)).sum().backward()
 torch.cuda.synchronize()
 print("sanitize_smoke: OK")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import make_case
-from reference import ACTIVATIONS, TOL, reference_linear, rel_err
+from reference import ACTIVATIONS, INPUT_UNIT, TOL, reference_linear, rel_err
 
 import torch_neat
 
@@ -20,6 +20,9 @@ def _grads(out, inputs, seed_grad):
 
 def _check_against_reference(dtype, act, num_hidden, bias, with_base, n=5, lead=None, scale=0.7):
     x, w, b, A, B, H = make_case(n=n, num_hidden=num_hidden, bias=bias, dtype=dtype, requires_grad=True, lead=lead)
+    with torch.no_grad():  # pre-activations O(1) in the activation's unit (reference.INPUT_UNIT)
+        for t in (A, *H):
+            t.mul_(INPUT_UNIT.get(act, 1.0))
     if with_base:
         out = torch_neat.linear(x, w, b, A, B, H, act, scale)
     else:

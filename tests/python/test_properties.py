@@ -46,7 +46,7 @@ def _examples(n: int) -> settings:
     return settings(max_examples=n * _SCALE)
 
 
-KERNEL_ACTS = ["relu", "sin", "gelu", "gelu_tanh", "silu", "tanh", "identity"]
+KERNEL_ACTS = ["relu", "sin", "gelu", "gelu_tanh", "silu", "tanh", "identity", "sin2pi"]
 ALIASES = {"silu": ["swish", "SiLU"], "identity": ["linear", "none"], "gelu_tanh": ["gelu_new", "gelu_pytorch_tanh"], "relu": ["ReLU"]}
 DTYPES = {"f64": torch.float64, "f32": torch.float32}
 

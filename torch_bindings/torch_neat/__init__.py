@@ -1,7 +1,8 @@
 """torch-neat: NEAT (nonlinear parameter-efficient adaptation) as fused PyTorch custom ops.
 
 Importing this package loads the compiled C extension and registers ``torch.ops.neat.linear``,
-``torch.ops.neat.adapter`` (with autograd and fake kernels) and the internal backward ops.
+``torch.ops.neat.adapter``, ``torch.ops.neat.compute_g``, ``torch.ops.neat.lowrank_linear`` (with
+autograd, fake and autocast kernels) and the internal backward ops.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from . import _load
 HAS_CUDA: bool = _load.load()
 
 from ._activations import KERNEL_ACTIVATIONS, canonical_activation  # noqa: E402
-from .ops import adapter, compute_g, linear  # noqa: E402
+from .ops import adapter, compute_g, linear, lowrank_linear  # noqa: E402
 from .config import NeatConfig  # noqa: E402
 from .layer import NeatLinear  # noqa: E402
 from .model import (  # noqa: E402
@@ -41,6 +42,7 @@ __all__ = [
     "canonical_activation",
     "compute_g",
     "linear",
+    "lowrank_linear",
     # models (config.py, layer.py, model.py); torch_neat.peft is imported on first use (needs peft)
     "DEFAULT_TARGET_MODULES",
     "NeatConfig",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-KERNEL_ACTIVATIONS = ("relu", "sin", "gelu", "gelu_tanh", "silu", "tanh", "identity")
+# "sin" is sin(z); "sin2pi" is sin(2 pi z), the periodic activation of the NEAT paper's theory (the same
+# function class with A scaled by 2 pi, but a different starting point and gradient scale for training).
+KERNEL_ACTIVATIONS = ("relu", "sin", "gelu", "gelu_tanh", "silu", "tanh", "identity", "sin2pi")
 
 _ALIASES = {
     "swish": "silu",

@@ -147,12 +147,19 @@ def unmerged_copy(weight: Tensor, rec: MergeRecord) -> Tensor:
 
 
 def compute_g(weight: Tensor, A: Tensor, hidden: Sequence[Tensor], activation: str) -> Tensor:
-    """G (r, d_in) from the kernels, in the adapter's compute dtype, never part of an autograd graph."""
+    """G (r, d_in) from the kernels, in the adapter's compute dtype, never part of an autograd graph.
+
+    Never under autocast: G feeds merges and the eval cache, so it comes from the weight as stored,
+    not from a copy rounded to the autocast dtype.
+    """
     ct = kernel_dtype(A.device, A.dtype)
     with torch.no_grad():
         if torch.is_inference_mode_enabled():
             # a G made here may later meet tensors that need grad; make it a normal tensor
             with torch.inference_mode(False):
+                return compute_g(weight, A, hidden, activation)
+        if _ops.autocast_enabled(A):
+            with torch.autocast(A.device.type, enabled=False):
                 return compute_g(weight, A, hidden, activation)
         return _ops.compute_g(weight.to(ct), A.to(ct), [h.to(ct) for h in hidden], activation)
 
@@ -176,9 +183,14 @@ class NeatLinear(nn.Module):
     as the authors do: A and hidden layers Kaiming-uniform like ``nn.Linear``, B zero, so a fresh layer
     computes exactly what the base layer does.
 
+    Under ``torch.autocast`` (HF Trainer's ``bf16=True``/``fp16=True``) the layer behaves like ``F.linear``:
+    the op runs x, W and b in the autocast dtype with float32 adapters (on CPU, in float32) and returns
+    the autocast dtype whatever x's dtype; adapter gradients stay float32 (see ``torch_neat.linear``).
+
     Training runs the fused ``torch.ops.neat.linear``. In eval mode, when no adapter gradient is needed,
     G is computed once and reused until W, A or a hidden layer changes (tracked through the tensors'
-    version counters), so inference costs two thin matmuls over the base layer.
+    version counters), and ``torch.ops.neat.lowrank_linear`` adds the rank-r term inside the base
+    layer's own product, so inference costs about what the frozen base layer does.
     """
 
     def __init__(
@@ -262,6 +274,18 @@ class NeatLinear(nn.Module):
             (t.data_ptr(), t._version) for t in (w, *self._adapter_params())
         )
 
+    @staticmethod
+    def _lowrank_ok(x: Tensor, weight: Tensor, bias: Optional[Tensor], G: Tensor) -> bool:
+        # neat::lowrank_linear has no gradient, and takes x, W, b in one dtype the kernels run
+        # (float32/float64 on CPU; on CUDA also half, with G in that dtype or float32)
+        if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
+            return False
+        if x.dtype != weight.dtype or x.device != weight.device or G.device != weight.device:
+            return False
+        if G.dtype == weight.dtype:
+            return weight.device.type == "cuda" or weight.dtype in (torch.float32, torch.float64)
+        return weight.device.type == "cuda" and G.dtype == torch.float32 and weight.dtype in (torch.bfloat16, torch.float16)
+
     def cached_g(self) -> Tensor:
         """G for the current W, A and hidden layers, recomputed only when one of them changed."""
         key = self._g_version()
@@ -276,6 +300,9 @@ class NeatLinear(nn.Module):
         weight, bias = self.base_layer.weight, self.base_layer.bias
         if self._use_cached_g():
             G = self.cached_g()
+            if self._lowrank_ok(x, weight, bias, G):
+                # one fused call: y = x W^T + b + s (x G^T) B^T, x and y each passed once
+                return _ops.lowrank_inference(x, weight, bias, G, self.neat_B.to(G.dtype), self.scale)
             y = F.linear(x, weight, bias)
             u = F.linear(x.to(G.dtype), G)
             B = self.neat_B.to(G.dtype)
@@ -285,6 +312,10 @@ class NeatLinear(nn.Module):
                 y2.addmm_(u.reshape(-1, u.shape[-1]), B.t(), alpha=self.scale)
                 return y
             return y + F.linear(u, B).mul_(self.scale).to(y.dtype)
+        if _ops.autocast_enabled(x):
+            # torch.autocast: the op casts as F.linear would (ops.autocast_operands) and its output
+            # keeps the autocast dtype, whatever x's dtype was; no casts of ours before or after
+            return _ops.fused_linear(x, weight, bias, self.neat_A, self.neat_B, self.hidden, self._act, self.scale)
         xc, wc, bc, ct = op_operands(x, weight, bias, self.neat_A.dtype)
         A, B, hidden = self.neat_A, self.neat_B, self.hidden
         if A.dtype != ct:

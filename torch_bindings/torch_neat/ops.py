@@ -43,6 +43,13 @@ def linear(
 
     Returns:
         ``(..., d_out)`` tensor with ``input``'s dtype. Differentiable in every tensor argument.
+
+    Under ``torch.autocast`` it behaves like ``F.linear``: on CUDA x, weight and bias run in the
+    autocast dtype while float32 A, B and hidden stay float32 (mixed precision: the kernels round them
+    to the autocast dtype before each product and accumulate in float32); on CPU, whose kernels are
+    float32/float64, it computes in float32 and returns the autocast dtype, as ``F.linear`` does there.
+    The result has the autocast dtype on both; float64 tensors are never cast. Float32 parameters get
+    float32 gradients. See :func:`autocast_operands`.
     """
     return torch.ops.neat.linear(input, weight, bias, A, B, list(hidden), canonical_activation(activation), float(scale))
 
@@ -59,14 +66,34 @@ def adapter(
     """Only the adapter term ``scale * (x G^T) B^T``; same arguments as :func:`linear` without bias.
 
     A drop-in for the NEAT authors' adapter module: their ``adapter(x, weight.t())`` is
-    ``adapter(x, weight, A, B)`` here.
+    ``adapter(x, weight, A, B)`` here. Under ``torch.autocast`` it behaves as :func:`linear` does.
     """
     return torch.ops.neat.adapter(input, weight, A, B, list(hidden), canonical_activation(activation), float(scale))
 
 
 def compute_g(weight: Tensor, A: Tensor, hidden: Sequence[Tensor] = (), activation: str = "relu") -> Tensor:
-    """The ``(r, d_in)`` factor G, so the adapted weight is ``W + scale * B @ G``. Not differentiable."""
+    """The ``(r, d_in)`` factor G, so the adapted weight is ``W + scale * B @ G``. Not differentiable.
+
+    G has A's dtype. Under ``torch.autocast`` the operands are cast as for :func:`linear` (on CUDA the
+    weight to the autocast dtype; on CPU everything to float32) and G keeps the adapters' dtype after
+    that cast (float32 for float32 adapters): it is a factor of a weight, not an activation.
+    """
     return torch.ops.neat.compute_g(weight, A, list(hidden), canonical_activation(activation))
+
+
+def lowrank_linear(input: Tensor, weight: Tensor, bias: Optional[Tensor], G: Tensor, B: Tensor, scale: float = 1.0) -> Tensor:
+    """Inference with G kept: ``input @ weight.T + bias + scale * (input @ G.T) @ B.T``.
+
+    ``G`` is :func:`compute_g`'s ``(r, d_in)`` factor, kept while the adapter is frozen (NeatLinear
+    does so in eval mode), so the pass over the weight that forms it is skipped; the rank-r term
+    rides on the main product, so input and output are each passed once. Any low-rank pair fits
+    (a LoRA's ``lora_A`` as ``G``, ``lora_B`` as ``B``). ``bias`` may be None. dtypes and devices
+    as for :func:`linear`, with ``G`` in A's role.
+
+    Not differentiable: asking for a gradient through it raises. Training uses :func:`linear`,
+    which forms G itself.
+    """
+    return torch.ops.neat.lowrank_linear(input, weight, bias, G, B, float(scale))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,6 +163,25 @@ def _adapter_backward_fake(grad_out, input, weight, A, B, hidden, activation, sc
 def _compute_g_fake(weight, A, hidden=None, activation="relu"):
     torch._check(weight.dim() == 2 and A.dim() == 2, lambda: "neat: weight and A must be 2-D")
     return A.new_empty((A.shape[0], weight.shape[1]))
+
+
+@torch.library.register_fake("neat::lowrank_linear")
+def _lowrank_linear_fake(input, weight, bias, G, B, scale=1.0):
+    torch._check(input.dim() >= 1, lambda: "neat: input must have at least one dimension (..., d_in)")
+    torch._check(weight.dim() == 2, lambda: f"neat: weight must be 2-D (d_out, d_in); got {tuple(weight.shape)}")
+    torch._check(
+        input.shape[-1] == weight.shape[1],
+        lambda: f"neat: input's last dim must equal weight.shape[1]; got {tuple(input.shape)} and {tuple(weight.shape)}",
+    )
+    torch._check(G.dim() == 2 and G.shape[1] == weight.shape[1], lambda: f"neat: G must be (r, d_in); got {tuple(G.shape)}")
+    torch._check(
+        B.dim() == 2 and B.shape[0] == weight.shape[0] and B.shape[1] == G.shape[0],
+        lambda: f"neat: B must be (d_out, r); got {tuple(B.shape)}",
+    )
+    named = [("weight", weight), ("G", G), ("B", B)] + ([("bias", bias)] if bias is not None else [])
+    for name, t in named:
+        torch._check(t.device == input.device, lambda: f"neat: {name} is on {t.device} but input is on {input.device}")
+    return input.new_empty((*input.shape[:-1], weight.shape[0]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,6 +280,7 @@ for _op, _names in [
     ("linear", ("input", "weight", "bias", "A", "B", "hidden")),
     ("adapter", ("input", "weight", "A", "B", "hidden")),
     ("compute_g", ("weight", "A", "hidden")),
+    ("lowrank_linear", ("input", "weight", "bias", "G", "B")),
     ("linear_backward", ("grad_out", "input", "weight", "bias", "A", "B", "hidden")),
     ("adapter_backward", ("grad_out", "input", "weight", "A", "B", "hidden")),
 ]:
@@ -266,8 +313,128 @@ for _op in ("linear_backward", "adapter_backward"):
     _bw, _setup = _no_double_backward(_op)
     torch.library.register_autograd(f"neat::{_op}", _bw, setup_context=_setup)
 
+
+# lowrank_linear is for inference. Without an autograd registration a gradient through it would
+# silently skip it (its output would not require grad); this one raises when one is asked for.
+def _lowrank_setup_context(ctx, inputs, output):
+    pass
+
+
+def _lowrank_backward(ctx, grad):
+    raise RuntimeError(
+        "torch-neat: neat::lowrank_linear is inference-only (G is a kept factor, not a function of "
+        "A): it has no gradient. Train with neat::linear (torch_neat.linear or NeatLinear in train "
+        "mode), which forms G from A and differentiates through it."
+    )
+
+
+torch.library.register_autograd("neat::lowrank_linear", _lowrank_backward, setup_context=_lowrank_setup_context)
+
 torch.library.register_autograd("neat::linear", _linear_backward, setup_context=_linear_setup_context)
 torch.library.register_autograd("neat::adapter", _adapter_backward, setup_context=_adapter_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Autocast (DESIGN 4): under torch.autocast the ops behave like F.linear, never silently in strict
+# float32 on a GPU. torch.library.register_autocast does not fit: it casts every floating tensor,
+# adapters included, to one dtype fixed at registration. Here the dtype is the autocast region's own
+# and the adapters keep float32 (the CUDA kernels' mixed-precision mode rounds them to the compute
+# dtype before each product, as autocast rounds F.linear's float32 weight, and accumulates in
+# float32). The casts run above autograd, so gradients flow back through them: a float32 parameter
+# gets a float32 gradient. The backward ops have no autocast kernel (autocast falls through): their
+# inputs are what the forward saved, already consistent.
+
+_AUTOCAST_KEYS = {"cpu": torch._C.DispatchKey.AutocastCPU, "cuda": torch._C.DispatchKey.AutocastCUDA}
+_NO_AUTOCAST = {dev: torch._C.DispatchKeySet(key) for dev, key in _AUTOCAST_KEYS.items()}
+
+
+def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    # as autocast: only floating tensors other than float64 are cast
+    if t is None or t.dtype == dtype or t.dtype == torch.float64 or not t.is_floating_point():
+        return t
+    return t.to(dtype)
+
+
+def autocast_enabled(t: Tensor) -> bool:
+    """Whether ``torch.autocast`` is on for ``t``'s device (cheap when no autocast region is open)."""
+    if not torch._C._is_any_autocast_enabled():
+        return False
+    dev = t.device.type
+    return dev in _AUTOCAST_KEYS and torch.is_autocast_enabled(dev)
+
+
+def autocast_operands(device_type: str, input, weight, bias, A, B, hidden, dtype: Optional[torch.dtype] = None):
+    """What the ops compute with under ``torch.autocast(device_type)``.
+
+    Returns ``(input, weight, bias, A, B, hidden, out_dtype)``: the operands cast as below, and the
+    dtype to cast the op's output to (None: keep it). ``dtype`` is the autocast dtype (default: the
+    current one for ``device_type``; given explicitly by tests of the CUDA rule on a CPU machine).
+
+    - CUDA: input, weight and bias in the autocast dtype; A, B and hidden stay as they are when all of
+      them already have that dtype, else they become float32 (mixed precision). The output comes out
+      in the autocast dtype.
+    - CPU: the kernels run float32 and float64 only, so every tensor is cast to float32 and the float32
+      output to the autocast dtype, as ``F.linear`` returns under CPU autocast: the next layer of a
+      model sees the same dtype it would after ``F.linear`` (attention and residual code of HF models
+      relies on it).
+    - float64 tensors are never cast, as autocast leaves them; a float64 call runs in float64.
+    """
+    if dtype is None:
+        dtype = torch.get_autocast_dtype(device_type)
+    params = [A, B, *(hidden or ())]
+    if device_type == "cuda":
+        compute, out = dtype, None
+        pdt = compute if all(p.dtype in (compute, torch.float64) for p in params) else torch.float32
+    else:
+        compute = pdt = torch.float32
+        out = dtype
+    x, w, b = _cast(input, compute), _cast(weight, compute), _cast(bias, compute)
+    if out is not None and (w.dtype != torch.float32 or out == torch.float32):
+        out = None
+    A, B = _cast(A, pdt), _cast(B, pdt)
+    hidden = None if hidden is None else [_cast(h, pdt) for h in hidden]
+    return x, w, b, A, B, hidden, out
+
+
+def _autocast_kernels(device_type: str):
+    exclude = _NO_AUTOCAST[device_type]
+
+    def linear_kernel(input, weight, bias, A, B, hidden=None, activation="relu", scale=1.0):
+        x, w, b, A, B, hidden, out = autocast_operands(device_type, input, weight, bias, A, B, hidden)
+        with torch._C._ExcludeDispatchKeyGuard(exclude):
+            y = torch.ops.neat.linear.default(x, w, b, A, B, hidden, activation, scale)
+        return y if out is None else y.to(out)
+
+    def adapter_kernel(input, weight, A, B, hidden=None, activation="relu", scale=1.0):
+        x, w, _, A, B, hidden, out = autocast_operands(device_type, input, weight, None, A, B, hidden)
+        with torch._C._ExcludeDispatchKeyGuard(exclude):
+            y = torch.ops.neat.adapter.default(x, w, A, B, hidden, activation, scale)
+        return y if out is None else y.to(out)
+
+    def compute_g_kernel(weight, A, hidden=None, activation="relu"):
+        _, w, _, A, _, hidden, _ = autocast_operands(device_type, None, weight, None, A, A, hidden)
+        with torch._C._ExcludeDispatchKeyGuard(exclude):
+            return torch.ops.neat.compute_g.default(w, A, hidden, activation)
+
+    def lowrank_linear_kernel(input, weight, bias, G, B, scale=1.0):
+        # inference from a kept G: G and B follow A's dtype rule, so they are cast as adapters
+        x, w, b, G, B, _, out = autocast_operands(device_type, input, weight, bias, G, B, None)
+        with torch._C._ExcludeDispatchKeyGuard(exclude):
+            y = torch.ops.neat.lowrank_linear.default(x, w, b, G, B, scale)
+        return y if out is None else y.to(out)
+
+    return {
+        "linear": linear_kernel,
+        "adapter": adapter_kernel,
+        "compute_g": compute_g_kernel,
+        "lowrank_linear": lowrank_linear_kernel,
+    }
+
+
+_autocast_lib = torch.library.Library("neat", "IMPL")
+for _dev, _key in _AUTOCAST_KEYS.items():
+    for _op, _kernel in _autocast_kernels(_dev).items():
+        _autocast_lib.impl(_op, _kernel, _key.name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,12 +518,29 @@ def _fast_ok(tensors) -> bool:
     )
 
 
+def _fused_autocast(with_base, input, weight, bias, A, B, hidden, activation, scale) -> Tensor:
+    # The fast path under torch.autocast: the casts of the ops' autocast kernels, recorded by autograd
+    # above the Function, then the Function with autocast off for this device, so that its forward
+    # (which calls the ops) neither casts again nor sees an output dtype other than the one it saves.
+    dev = input.device.type
+    if dev not in _AUTOCAST_KEYS or not torch.is_autocast_enabled(dev):
+        return _FusedFn.apply(with_base, input, weight, bias, A, B, activation, scale, *hidden)
+    x, w, b, A, B, hidden, out = autocast_operands(dev, input, weight, bias, A, B, hidden)
+    with torch._C._ExcludeDispatchKeyGuard(_NO_AUTOCAST[dev]):
+        y = _FusedFn.apply(with_base, x, w, b, A, B, activation, scale, *hidden)
+    return y if out is None else y.to(out)
+
+
 def fused_linear(input, weight, bias, A, B, hidden: Sequence[Tensor], activation: str, scale: float) -> Tensor:
     """``neat::linear`` for the modules: the fast path in eager mode, the registered op otherwise.
 
-    ``activation`` must already be a kernel name (canonical_activation).
+    ``activation`` must already be a kernel name (canonical_activation). Under ``torch.autocast``
+    both routes cast as :func:`autocast_operands` says; with no autocast region open the fast path
+    pays one C call for knowing it.
     """
     if _fast_ok((input, weight, bias, A, B, *hidden)):
+        if torch._C._is_any_autocast_enabled():
+            return _fused_autocast(True, input, weight, bias, A, B, hidden, activation, float(scale))
         return _FusedFn.apply(True, input, weight, bias, A, B, activation, float(scale), *hidden)
     return torch.ops.neat.linear(input, weight, bias, A, B, list(hidden), activation, float(scale))
 
@@ -364,5 +548,17 @@ def fused_linear(input, weight, bias, A, B, hidden: Sequence[Tensor], activation
 def fused_adapter(input, weight, A, B, hidden: Sequence[Tensor], activation: str, scale: float) -> Tensor:
     """``neat::adapter`` for the modules (see :func:`fused_linear`)."""
     if _fast_ok((input, weight, A, B, *hidden)):
+        if torch._C._is_any_autocast_enabled():
+            return _fused_autocast(False, input, weight, None, A, B, hidden, activation, float(scale))
         return _FusedFn.apply(False, input, weight, None, A, B, activation, float(scale), *hidden)
     return torch.ops.neat.adapter(input, weight, A, B, list(hidden), activation, float(scale))
+
+
+def lowrank_inference(input, weight, bias, G, B, scale: float) -> Tensor:
+    """``neat::lowrank_linear`` for the modules' eval path, where no tensor of the call needs a
+    gradient: below the autograd key in eager mode (the registered autograd kernel is Python and
+    would cost more than a small layer's math), the registered op otherwise."""
+    if _fast_ok((input, weight, bias, G, B)):
+        with _below_autograd():
+            return torch.ops.neat.lowrank_linear.default(input, weight, bias, G, B, float(scale))
+    return torch.ops.neat.lowrank_linear(input, weight, bias, G, B, float(scale))

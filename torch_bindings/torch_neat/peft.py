@@ -132,7 +132,8 @@ def _neat_forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         if act is not None:
             A, B, hidden = _factors(self, adapters[0])
             ct = kernel_dtype(x.device, A.dtype)
-            if x.dtype == weight.dtype == ct == A.dtype:
+            # under torch.autocast the op casts as F.linear would (ops.autocast_operands)
+            if x.dtype == weight.dtype == ct == A.dtype or _ops.autocast_enabled(x):
                 return _ops.fused_linear(x, weight, base.bias, A, B, hidden, act, self.scaling[adapters[0]])
 
     result = self.base_layer(x, *args, **kwargs)
