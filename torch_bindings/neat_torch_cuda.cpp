@@ -25,13 +25,6 @@ neat_exec cuda_exec(const Tensor &t) {
   return exec;
 }
 
-// The C ABI's backward size query cannot see grad_out's strides, and the CUDA backend reads it
-// through cuBLAS, so a grad_out without unit stride (an expanded ones from .sum(), say) is made
-// contiguous here, by torch, instead of failing for lack of workspace.
-Tensor dense_grad(const Tensor &g) {
-  return g.is_contiguous() ? g : torch::stable::contiguous(g);
-}
-
 using Guard = torch::stable::accelerator::DeviceGuard;
 
 Tensor linear_cuda(Tensor input, Tensor weight, std::optional<Tensor> bias, Tensor A, Tensor B,
@@ -60,7 +53,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> linear_b
     std::vector<bool> output_mask) {
   Guard guard(input.get_device_index());
   neat_exec exec = cuda_exec(input);
-  return neat_torch::backward("neat::linear_backward", dense_grad(grad_out), input, weight, bias, A,
+  return neat_torch::backward("neat::linear_backward", grad_out, input, weight, bias, A,
                               B, hidden, activation, scale, output_mask, /*with_base=*/true, exec);
 }
 
@@ -69,7 +62,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> adapter_backward
     neat_torch::ActivationArg activation, double scale, std::vector<bool> output_mask) {
   Guard guard(input.get_device_index());
   neat_exec exec = cuda_exec(input);
-  auto r = neat_torch::backward("neat::adapter_backward", dense_grad(grad_out), input, weight,
+  auto r = neat_torch::backward("neat::adapter_backward", grad_out, input, weight,
                                 std::nullopt, A, B, hidden, activation, scale, output_mask,
                                 /*with_base=*/false, exec);
   return {std::get<0>(r), std::get<1>(r), std::get<3>(r), std::get<4>(r), std::get<5>(r)};

@@ -94,7 +94,7 @@ def test_vader_split_is_real_and_stem_disjoint(ft):
 def test_real_model_and_data_few_steps(ft, tmp_path, capsys):
     """The README's main job end to end on the real shipped weights and data, cut to a few steps."""
     out = tmp_path / "adapter"
-    rows = ft.main(["--methods", "neat,lora", "--max-steps", "4", "--batch-size", "16", "--no-isolate",
+    rows = ft.main(["--methods", "neat,lora", "--max-steps", "4", "--batch-size", "16", "--max-eval", "256", "--no-isolate",
                     "--device", "cpu", "--output-dir", str(out), "--lora-dir", str(tmp_path / "lora")])
     by = {r["method"]: r for r in rows}
     assert set(by) == {"neat", "lora"}
@@ -109,3 +109,41 @@ def test_real_model_and_data_few_steps(ft, tmp_path, capsys):
     assert (tmp_path / "lora" / "adapter_config.json").is_file()
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("LoRA export check:")]
     assert len(printed) == 1 and printed[0].endswith(": agree"), printed
+
+
+def test_seeds_give_spreads_and_a_plot(ft, tmp_path, capsys):
+    """--seeds: every method once per seed, mean ± std in the table, the paired NEAT - LoRA line, a PNG."""
+    import matplotlib  # noqa: F401  (installed by tests/run.sh: a missing one fails here, it does not skip)
+
+    plot = tmp_path / "curves.png"
+    rows = ft.main(["--methods", "neat,lora", "--seeds", "0,1", "--max-steps", "3", "--batch-size", "8", "--max-eval", "64",
+                    "--no-isolate", "--device", "cpu", "--output-dir", str(tmp_path / "adapter"), "--plot", str(plot)])
+    assert sorted((r["seed"], r["method"]) for r in rows) == [(0, "lora"), (0, "neat"), (1, "lora"), (1, "neat")]
+    for row in rows:
+        assert len(row["losses"]) == 3 and all(v > 0 for v in row["losses"])
+    assert "lora_check" in next(r for r in rows if r["method"] == "neat" and r["seed"] == 0)
+    assert not any("lora_check" in r for r in rows if r["seed"] == 1)  # saved and exported for the first seed only
+    out = capsys.readouterr().out
+    table = out[out.rindex("| method |"):]
+    neat_line = next(line for line in table.splitlines() if line.startswith("| NEAT"))
+    assert neat_line.count("±") == 4, neat_line  # accuracy, time, peak and added memory
+    accs = [100 * r["accuracy"] for r in rows if r["method"] == "neat"]
+    mean, std, n = ft.seed_report.mean_std(accs)
+    assert n == 2 and f"{mean:.2f} ± {std:.2f}%" in neat_line
+    assert "over 2 seeds (0, 1)" in out and "NEAT - LoRA test accuracy, paired by seed:" in out
+    assert plot.is_file() and plot.stat().st_size > 10_000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_seed_report_helpers(ft):
+    sr = ft.seed_report
+    assert sr.parse_seeds("0, 1,2") == [0, 1, 2]
+    with pytest.raises(SystemExit):
+        sr.parse_seeds("0,0")
+    mean, std, n = sr.mean_std([1.0, 2.0, 3.0])
+    assert (mean, std, n) == (2.0, 1.0, 3)
+    assert sr.fmt(*sr.mean_std([5.0])[:2]) == "5.0"
+    rows = [{"method": m, "seed": s, "accuracy": a} for m, s, a in
+            [("neat", 0, 0.9), ("lora", 0, 0.8), ("neat", 1, 0.7), ("lora", 1, 0.7)]]
+    d, sd, n = sr.paired_difference(rows, "neat", "lora", "accuracy")
+    assert n == 2 and abs(d - 0.05) < 1e-12 and abs(sd - 0.1 / 2**0.5) < 1e-12
+    assert sr.smooth([1.0, 3.0, 5.0], 2) == [1.0, 2.0, 4.0]
