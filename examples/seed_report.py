@@ -1,0 +1,135 @@
+"""Spreads over seeds for the examples: mean and sample standard deviation per method, a paired difference,
+a markdown table and a PNG of the training-loss curves (mean with a band over seeds) and test accuracy.
+
+Used by examples/finetune.py and examples/llama_arith.py; matplotlib is needed only for the PNG.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Iterable, Optional, Sequence
+
+
+def parse_seeds(text: str) -> list[int]:
+    """ "0,1,2" -> [0, 1, 2]; duplicates are rejected (they would shrink the spread)."""
+    try:
+        seeds = [int(s) for s in str(text).split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds: expected comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise SystemExit("--seeds: no seed given")
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds: repeated seed in {text!r}")
+    return seeds
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
+    """(mean, sample standard deviation, n) of the finite values; std is nan for fewer than two."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return float("nan"), float("nan"), 0
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else float("nan")), len(vals)
+
+
+def fmt(mean: float, std: float, spec: str = ".1f", unit: str = "") -> str:
+    """ "88.2%" for one run, "88.2 ± 0.4%" for several, "n/a" when there is nothing."""
+    if math.isnan(mean):
+        return "n/a"
+    if math.isnan(std):
+        return f"{mean:{spec}}{unit}"
+    return f"{mean:{spec}} ± {std:{spec}}{unit}"
+
+
+def methods_in_order(rows: Sequence[dict]) -> list[str]:
+    seen: list[str] = []
+    for r in rows:
+        if r["method"] not in seen:
+            seen.append(r["method"])
+    return seen
+
+
+def by_method(rows: Sequence[dict], key: str) -> dict[str, tuple[float, float, int]]:
+    return {m: mean_std(r[key] for r in rows if r["method"] == m and key in r) for m in methods_in_order(rows)}
+
+
+def paired_difference(rows: Sequence[dict], a: str, b: str, key: str) -> tuple[float, float, int]:
+    """Mean and std over seeds of (a's key - b's key), pairing the two methods' runs of each seed."""
+    va = {r["seed"]: r[key] for r in rows if r["method"] == a}
+    vb = {r["seed"]: r[key] for r in rows if r["method"] == b}
+    return mean_std(va[s] - vb[s] for s in va if s in vb)
+
+
+def smooth(values: Sequence[float], window: int) -> list[float]:
+    """Trailing moving average (the first points average what there is so far)."""
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v
+        if i >= window:
+            acc -= values[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def plot_runs(rows: Sequence[dict], path: str, names: dict, title: str, accuracy_label: str = "test accuracy (%)",
+              baseline: Optional[tuple[str, float, float]] = None, window: int = 20) -> Optional[str]:
+    """Writes a PNG: left, training loss per step (moving average over `window` steps; the line is the mean over
+    seeds, the band one standard deviation either side); right, test accuracy per method (bar: mean, whisker:
+    std, dots: the seeds). `baseline` = (label, mean %, std %) draws a dashed line (e.g. before training).
+    Returns the path, or None when matplotlib is missing (a note is printed)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed (pip install matplotlib); no plot written")
+        return None
+    import numpy as np
+
+    methods = methods_in_order(rows)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [1.6, 1]})
+    for i, m in enumerate(methods):
+        runs = [smooth(r["losses"], window) for r in rows if r["method"] == m and r.get("losses")]
+        if not runs:
+            continue
+        steps = min(len(c) for c in runs)
+        curves = np.array([c[:steps] for c in runs])
+        mean = curves.mean(0)
+        x = np.arange(1, steps + 1)
+        color = colors[i % len(colors)]
+        ax_loss.plot(x, mean, color=color, lw=1.4, label=f"{names.get(m, m)} (n={len(runs)})")
+        if len(runs) > 1:
+            std = curves.std(0, ddof=1)
+            ax_loss.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel(f"training loss (moving average, {window} steps)")
+    ax_loss.grid(alpha=0.3)
+    ax_loss.legend(fontsize=8)
+
+    labels = []
+    for i, m in enumerate(methods):
+        accs = [100 * r["accuracy"] for r in rows if r["method"] == m]
+        mean, std, _ = mean_std(accs)
+        color = colors[i % len(colors)]
+        ax_acc.bar(i, mean, color=color, alpha=0.75, yerr=None if math.isnan(std) else std, capsize=4)
+        ax_acc.scatter([i] * len(accs), accs, color="black", s=10, zorder=3)
+        ax_acc.annotate(fmt(mean, std), (i, mean), textcoords="offset points", xytext=(0, 3), ha="center",
+                        fontsize=7)
+        labels.append(names.get(m, m))
+    if baseline is not None:
+        label, mean, std = baseline
+        ax_acc.axhline(mean, color="gray", ls="--", lw=1, label=f"{label}: {fmt(mean, std)}")
+        ax_acc.legend(fontsize=7, loc="lower right")
+    ax_acc.set_xticks(range(len(methods)), labels, rotation=20, ha="right", fontsize=8)
+    ax_acc.set_ylabel(accuracy_label)
+    all_acc = [100 * r["accuracy"] for r in rows]
+    lo = min(all_acc + ([baseline[1]] if baseline else []))
+    ax_acc.set_ylim(max(0.0, lo - 10), min(100.0, max(all_acc) + 6))
+    ax_acc.grid(axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
