@@ -60,8 +60,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import warnings  # noqa: E402
+
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # transformers 5, from PEFT
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import seed_report  # noqa: E402  (examples/seed_report.py)
@@ -105,16 +109,31 @@ def load_gguf(path: Optional[Path] = None):
 
 
 class ModelFromDir:
-    """Picklable model factory: a spawned process reloads the dequantised model from a safetensors folder
-    (seconds) instead of dequantising the GGUF again."""
+    """Picklable model factory: a spawned process reloads the dequantised model from a safetensors file
+    (seconds) instead of dequantising the GGUF again. (transformers refuses save_pretrained on a model read
+    from GGUF, so the weights and a config without the GGUF note are written here.)"""
 
     def __init__(self, path: str):
         self.path = path
 
-    def __call__(self) -> nn.Module:
-        from transformers import AutoModelForCausalLM
+    @classmethod
+    def save(cls, model: nn.Module, path: str) -> "ModelFromDir":
+        from safetensors.torch import save_model
 
-        return AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32, local_files_only=True).eval()
+        config = copy.deepcopy(model.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(path)
+        save_model(model, os.path.join(path, "model.safetensors"))
+        return cls(path)
+
+    def __call__(self) -> nn.Module:
+        from safetensors.torch import load_model
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(self.path), dtype=torch.float32)
+        load_model(model, os.path.join(self.path, "model.safetensors"))
+        return model.eval()
 
 
 class ModelCopy:
@@ -547,6 +566,19 @@ def format_spread(rows: list[dict]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def plot_results(rows: list[dict], before: float, args, path: str) -> Optional[str]:
+    """The PNG: training loss per step (log scale; mean and band over seeds) and exact match per method."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    keyed = [dict(r, method=row_key(r)) for r in rows]
+    names = {k: row_name(k) for k in seed_report.methods_in_order(keyed)}
+    seeds = sorted({r["seed"] for r in rows})
+    title = (f"SmolLM2-135M-Instruct, arithmetic word problems (held-out templates and numbers), "
+             f"{', '.join(args.targets) if len(args.targets) < 3 else 'all-linear'}, {args.steps} steps, "
+             f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
+    return seed_report.plot_runs(keyed, path, names, title, "exact match on test problems (%)",
+                                 baseline=("before training", 100 * before, float("nan")), window=10, log_loss=True)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
@@ -554,7 +586,7 @@ def parse_args(argv=None):
                    help="NEAT activation(s), comma-separated (e.g. relu,sin2pi): NEAT and PEANuT run once per "
                         "activation; PEFT's own PEANuT only with transformers' activation names")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--steps", type=int, default=120, help="training steps per method")
+    p.add_argument("--steps", type=int, default=80, help="training steps per method")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--rank", type=int, default=8, help="LoRA's r; NEAT's r is matched to LoRA's parameter count")
     p.add_argument("--neat-rank", type=int, default=0, help="NEAT's r (0: match LoRA's parameter count)")
@@ -623,8 +655,7 @@ def main(argv=None) -> dict:
     tmp = None
     if isolate:  # children reload the dequantised weights from safetensors instead of the GGUF
         tmp = tempfile.mkdtemp(prefix="llama-arith-")
-        base.save_pretrained(tmp)
-        make_model = ModelFromDir(tmp)
+        make_model = ModelFromDir.save(base, tmp)
         del base
     else:
         make_model = ModelCopy(base)
@@ -665,16 +696,8 @@ def main(argv=None) -> dict:
         print(f"  {row_name(key)}: " + ", ".join(f"{m:.0f}" for m in means))
     print(f"first test problem ({test_problems[0].equation} = {test_problems[0].answer}): "
           + "; ".join(f"{row_name(row_key(r))} {r['replies'][0]!r}" for r in rows[: len(runs)]))
-    if args.plot:
-        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        keyed = [dict(r, method=row_key(r)) for r in rows]
-        names = {k: row_name(k) for k in seed_report.methods_in_order(keyed)}
-        title = (f"SmolLM2-135M-Instruct, arithmetic word problems (held-out templates and numbers), "
-                 f"{', '.join(args.targets) if len(args.targets) < 3 else 'all-linear'}, {args.steps} steps, "
-                 f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
-        if seed_report.plot_runs(keyed, args.plot, names, title, "exact match on test problems (%)",
-                                 baseline=("before training", 100 * before, float("nan")), window=10):
-            print(f"plot: {args.plot}")
+    if args.plot and plot_results(rows, before, args, args.plot):
+        print(f"plot: {args.plot}")
     result = {"before": before, "rows": rows, "args": {k: v for k, v in vars(args).items()},
               "time_s": time.perf_counter() - start}
     if args.json:

@@ -38,7 +38,7 @@ def fmt(mean: float, std: float, spec: str = ".1f", unit: str = "") -> str:
         return "n/a"
     if math.isnan(std):
         return f"{mean:{spec}}{unit}"
-    return f"{mean:{spec}} ± {std:{spec}}{unit}"
+    return f"{mean:{spec}} ± {std:{spec.lstrip('+')}}{unit}"
 
 
 def methods_in_order(rows: Sequence[dict]) -> list[str]:
@@ -72,10 +72,12 @@ def smooth(values: Sequence[float], window: int) -> list[float]:
 
 
 def plot_runs(rows: Sequence[dict], path: str, names: dict, title: str, accuracy_label: str = "test accuracy (%)",
-              baseline: Optional[tuple[str, float, float]] = None, window: int = 20) -> Optional[str]:
+              baseline: Optional[tuple[str, float, float]] = None, window: int = 20,
+              log_loss: bool = False) -> Optional[str]:
     """Writes a PNG: left, training loss per step (moving average over `window` steps; the line is the mean over
-    seeds, the band one standard deviation either side); right, test accuracy per method (bar: mean, whisker:
-    std, dots: the seeds). `baseline` = (label, mean %, std %) draws a dashed line (e.g. before training).
+    seeds, the band one standard deviation either side; with `log_loss` the axis is logarithmic and the band runs
+    from the lowest to the highest seed); right, test accuracy per method (bar: mean, whisker: std, dots: the
+    seeds). `baseline` = (label, mean %, std %) draws a dashed line (e.g. before training).
     Returns the path, or None when matplotlib is missing (a note is printed)."""
     try:
         import matplotlib
@@ -100,11 +102,14 @@ def plot_runs(rows: Sequence[dict], path: str, names: dict, title: str, accuracy
         x = np.arange(1, steps + 1)
         color = colors[i % len(colors)]
         ax_loss.plot(x, mean, color=color, lw=1.4, label=f"{names.get(m, m)} (n={len(runs)})")
-        if len(runs) > 1:
+        if len(runs) > 1:  # on a log axis mean - std may be negative: the band spans the seeds' curves there
             std = curves.std(0, ddof=1)
-            ax_loss.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+            lo, hi = (curves.min(0), curves.max(0)) if log_loss else (mean - std, mean + std)
+            ax_loss.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
+    if log_loss:
+        ax_loss.set_yscale("log")
     ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel(f"training loss (moving average, {window} steps)")
+    ax_loss.set_ylabel(f"training loss ({window}-step average)")
     ax_loss.grid(alpha=0.3)
     ax_loss.legend(fontsize=8)
 
@@ -115,7 +120,8 @@ def plot_runs(rows: Sequence[dict], path: str, names: dict, title: str, accuracy
         color = colors[i % len(colors)]
         ax_acc.bar(i, mean, color=color, alpha=0.75, yerr=None if math.isnan(std) else std, capsize=4)
         ax_acc.scatter([i] * len(accs), accs, color="black", s=10, zorder=3)
-        ax_acc.annotate(fmt(mean, std), (i, mean), textcoords="offset points", xytext=(0, 3), ha="center",
+        top = max([mean + (0.0 if math.isnan(std) else std)] + accs)
+        ax_acc.annotate(fmt(mean, std), (i, top), textcoords="offset points", xytext=(0, 3), ha="center",
                         fontsize=7)
         labels.append(names.get(m, m))
     if baseline is not None:
