@@ -348,11 +348,7 @@ def format_table(rows: list[dict], device: str) -> str:
         runs = [r for r in rows if r["method"] == method]
         acc = seed_report.mean_std(100 * r["accuracy"] for r in runs)
         train = seed_report.mean_std(r["train_s"] for r in runs)
-        peak = seed_report.mean_std(r["peak_mb"] for r in runs)
-        added = seed_report.mean_std(r["added_mb"] for r in runs)
-        m = seed_report.fmt(peak[0], peak[1], ".0f")
-        if added[2]:
-            m += f" (+{seed_report.fmt(added[0], added[1], '.0f')})"
+        m = seed_report.memory_cell(runs)
         lines.append(f"| {NAMES.get(method, method)} | {runs[0]['trainable']:,d} | "
                      f"{seed_report.fmt(acc[0], acc[1], '.2f', '%')} | {seed_report.fmt(train[0], train[1])} | {m} |")
     return "\n".join(lines)

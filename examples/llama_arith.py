@@ -538,11 +538,7 @@ def format_table(rows: list[dict], device: str, baseline: Optional[float] = None
         acc = seed_report.mean_std(100 * r["accuracy"] for r in runs)
         train = seed_report.mean_std(r["train_s"] for r in runs)
         tps = seed_report.mean_std(r["tokens_per_s"] for r in runs)
-        peak = seed_report.mean_std(r["peak_mb"] for r in runs)
-        added = seed_report.mean_std(r["added_mb"] for r in runs)
-        m = seed_report.fmt(peak[0], peak[1], ".0f")
-        if added[2]:
-            m += f" (+{seed_report.fmt(added[0], added[1], '.0f')})"
+        m = seed_report.memory_cell(runs)
         lines.append(f"| {row_name(key)} | {runs[0]['trainable']:,d} | {seed_report.fmt(acc[0], acc[1], '.1f', '%')} | "
                      f"{seed_report.fmt(train[0], train[1])} | {seed_report.fmt(tps[0], tps[1], '.0f')} | {m} |")
     return "\n".join(lines)

@@ -41,6 +41,16 @@ def fmt(mean: float, std: float, spec: str = ".1f", unit: str = "") -> str:
     return f"{mean:{spec}} ± {std:{spec.lstrip('+')}}{unit}"
 
 
+def memory_cell(runs: Sequence[dict]) -> str:
+    """The peak-memory table cell of one method's runs: peak, and the part training added when measured."""
+    peak = mean_std(r["peak_mb"] for r in runs)
+    added = mean_std(r["added_mb"] for r in runs)
+    cell = fmt(peak[0], peak[1], ".0f")
+    if added[2]:
+        cell += f" (+{fmt(added[0], added[1], '.0f')})"
+    return cell
+
+
 def methods_in_order(rows: Sequence[dict]) -> list[str]:
     seen: list[str] = []
     for r in rows:
