@@ -12,7 +12,7 @@ namespace neat_torch {
 
 CpuExec::CpuExec() {
   uint32_t threads = 1;
-  STABLE_TORCH_ERROR_CODE_CHECK(torch_get_num_threads(&threads));
+  TORCH_ERROR_CODE_CHECK(torch_get_num_threads(&threads));
   exec_.parallel_for = &CpuExec::hook;
   exec_.parallel_user = this;
   exec_.num_threads = static_cast<int32_t>(threads);

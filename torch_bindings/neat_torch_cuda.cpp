@@ -18,7 +18,7 @@ using neat_torch::Tensor;
 // The CUDA execution context: the current stream of the tensors' device.
 neat_exec cuda_exec(const Tensor &t) {
   void *stream = nullptr;
-  STABLE_TORCH_ERROR_CODE_CHECK(
+  TORCH_ERROR_CODE_CHECK(
       aoti_torch_get_current_cuda_stream(static_cast<int32_t>(t.get_device_index()), &stream));
   neat_exec exec{};
   exec.stream = stream;

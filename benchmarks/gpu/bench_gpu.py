@@ -97,6 +97,8 @@ def make(kind, d_in, d_out, r, bias):
     base = frozen_base(d_in, d_out, bias)
     if kind == "frozen":
         return base
+    if kind == "neatlin":  # the module users call (its own fast path, not the registered op)
+        return torch_neat.NeatLinear(base, r=r, depth=2, scale=2.0)
     if kind.startswith("neat"):
         depth = int(kind[4:] or 2)
         return NeatOp(base, r, depth, 2.0).to(device="cuda", dtype=DT)
@@ -181,7 +183,7 @@ def main():
     if args.quick:
         shapes, ns, ranks = shapes[:1], ns[:1], [16]
         args.iters = min(args.iters, 10)
-    kinds = ["frozen", "neat", "neat6", "lora", "peanut2", "peanut6", "authors", "authors6", "frozen_ac", "neat_ac"]
+    kinds = ["frozen", "neat", "neatlin", "neat6", "lora", "peanut2", "peanut6", "authors", "authors6", "frozen_ac", "neat_ac"]
     floors = ("frozen", "frozen_ac")  # do not depend on r: measured once per shape, N and bias
     torch.backends.cuda.matmul.allow_tf32 = False
 
@@ -221,6 +223,7 @@ def main():
     cols = [
         ("neat/frozen", "neat_ms", "frozen_ms", "<= 1.10"),
         ("neat/lora", "neat_ms", "lora_ms", "< 1.0"),
+        ("neatlin/lora", "neatlin_ms", "lora_ms", "< 1.0"),
         ("neat/peanut2", "neat_ms", "peanut2_ms", "<= 0.6"),
         ("neat6/peanut6", "neat6_ms", "peanut6_ms", "<= 0.6"),
         ("neat/authors", "neat_ms", "authors_ms", "<= 0.6"),
