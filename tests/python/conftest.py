@@ -1,3 +1,5 @@
+import contextlib
+import importlib.util
 import os
 import sys
 
@@ -5,6 +7,20 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+@contextlib.contextmanager
+def load_example(script, name):
+    """An examples/ script imported as module `name` while the block runs (registered in sys.modules
+    because dataclasses look their module up there)."""
+    spec = importlib.util.spec_from_file_location(name, script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)
 
 
 @pytest.fixture(autouse=True)

