@@ -24,6 +24,17 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def rotated(methods: Sequence[str], k: int) -> list[str]:
+    """The order to run the methods in for the k-th seed: shifted by k, so that over as many seeds as methods
+    each method runs once in every position. Timings drift along a sequence of runs on a shared machine (NEAT
+    run first and again last in one sequence of four took 8% longer the first time); a fixed order would hand
+    that drift to the same method every time."""
+    if not methods:
+        return []
+    k %= len(methods)
+    return list(methods[k:]) + list(methods[:k])
+
+
 def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
     """(mean, sample standard deviation, n) of the finite values; std is nan for fewer than two."""
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]

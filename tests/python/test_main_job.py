@@ -106,14 +106,23 @@ def test_real_model_and_data_few_steps(ft, tmp_path, capsys):
     assert len(printed) == 1 and printed[0].endswith(": agree"), printed
 
 
-def test_seeds_give_spreads_and_a_plot(ft, tmp_path, capsys):
-    """--seeds: every method once per seed, mean ± std in the table, the paired NEAT - LoRA line, a PNG."""
+def test_seeds_give_spreads_and_a_plot(ft, tmp_path, capsys, monkeypatch):
+    """--seeds: every method once per seed (each seed starting with another method, so no method always
+    runs first), mean ± std in the table, the paired NEAT - LoRA line, a PNG."""
     import matplotlib  # noqa: F401  (installed by tests/run.sh: a missing one fails here, it does not skip)
 
+    ran, train_and_evaluate = [], ft.train_and_evaluate
+
+    def recording(method, *a, **kw):
+        ran.append(method)
+        return train_and_evaluate(method, *a, **kw)
+
+    monkeypatch.setattr(ft, "train_and_evaluate", recording)
     plot = tmp_path / "curves.png"
     rows = ft.main(["--methods", "neat,lora", "--seeds", "0,1", "--max-steps", "3", "--batch-size", "8", "--max-eval", "64",
                     "--no-isolate", "--device", "cpu", "--output-dir", str(tmp_path / "adapter"), "--plot", str(plot)])
-    assert sorted((r["seed"], r["method"]) for r in rows) == [(0, "lora"), (0, "neat"), (1, "lora"), (1, "neat")]
+    assert [(r["seed"], r["method"]) for r in rows] == [(0, "neat"), (0, "lora"), (1, "neat"), (1, "lora")]
+    assert ran == ["neat", "lora", "lora", "neat"], ran
     for row in rows:
         assert len(row["losses"]) == 3 and all(v > 0 for v in row["losses"])
     assert "lora_check" in next(r for r in rows if r["method"] == "neat" and r["seed"] == 0)
@@ -142,3 +151,8 @@ def test_seed_report_helpers(ft):
     d, sd, n = sr.paired_difference(rows, "neat", "lora", "accuracy")
     assert n == 2 and abs(d - 0.05) < 1e-12 and abs(sd - 0.1 / 2**0.5) < 1e-12
     assert sr.smooth([1.0, 3.0, 5.0], 2) == [1.0, 2.0, 4.0]
+    methods = ["neat", "lora", "head"]
+    orders = [sr.rotated(methods, k) for k in range(3)]
+    assert orders[0] == methods and sr.rotated(methods, 3) == methods and sr.rotated([], 1) == []
+    for i in range(3):  # each method once in every position, each order a permutation
+        assert sorted(o[i] for o in orders) == sorted(methods) and sorted(orders[i]) == sorted(methods)
