@@ -149,26 +149,52 @@ def test_non_contiguous_grads_and_expanded_input():
         assert rel_err(got.grad, want.grad) <= 1e-12
 
 
+# Two routes to the same C kernels: torch_neat.linear/adapter (in eager mode the fixed-argument fast
+# path, ops._FusedFn) and the registered ops with their register_autograd formula (what torch.compile
+# and raw-op users get). Gradients are checked through both.
+ROUTES = {
+    "fast": (torch_neat.linear, torch_neat.adapter),
+    "registered": (
+        lambda x, w, b, A, B, H, act, s=1.0: torch.ops.neat.linear(x, w, b, A, B, list(H), act, s),
+        lambda x, w, A, B, H, act, s=1.0: torch.ops.neat.adapter(x, w, A, B, list(H), act, s),
+    ),
+}
+
+
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("act", ACTS)
-def test_gradcheck_every_input(act):
+def test_gradcheck_every_input(act, route):
+    lin, ada = ROUTES[route]
     x, w, b, A, B, H = make_case(n=3, d_in=5, d_out=4, r=2, num_hidden=2, requires_grad=True)
-    torch.autograd.gradcheck(lambda *t: torch_neat.linear(t[0], t[1], t[2], t[3], t[4], list(t[5:]), act, 0.8), (x, w, b, A, B, *H))
-    torch.autograd.gradcheck(lambda *t: torch_neat.adapter(t[0], t[1], t[2], t[3], list(t[4:]), act, 1.3), (x, w, A, B, *H))
+    torch.autograd.gradcheck(lambda *t: lin(t[0], t[1], t[2], t[3], t[4], list(t[5:]), act, 0.8), (x, w, b, A, B, *H))
+    torch.autograd.gradcheck(lambda *t: ada(t[0], t[1], t[2], t[3], list(t[4:]), act, 1.3), (x, w, A, B, *H))
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("only", ["x", "weight", "bias", "A", "B", "hidden"])
-def test_gradcheck_one_input_at_a_time(only):
+def test_gradcheck_one_input_at_a_time(only, route):
     # Exercises the "compute only what is requested" paths of the backward kernel.
+    lin = ROUTES[route][0]
     x, w, b, A, B, H = make_case(n=3, d_in=5, d_out=4, r=2, num_hidden=4)
     named = {"x": [x], "weight": [w], "bias": [b], "A": [A], "B": [B], "hidden": H}
     for t in named[only]:
         t.requires_grad_(True)
-    torch.autograd.gradcheck(lambda *_: torch_neat.linear(x, w, b, A, B, H, "silu"), tuple(named[only]))
+    torch.autograd.gradcheck(lambda *_: lin(x, w, b, A, B, H, "silu"), tuple(named[only]))
 
 
-def test_gradcheck_depth8():
+@pytest.mark.parametrize("route", ROUTES)
+def test_gradcheck_depth8(route):
+    lin = ROUTES[route][0]
     x, w, b, A, B, H = make_case(n=2, d_in=4, d_out=3, r=2, num_hidden=8, requires_grad=True)
-    torch.autograd.gradcheck(lambda *t: torch_neat.linear(t[0], t[1], t[2], t[3], t[4], list(t[5:]), "tanh"), (x, w, b, A, B, *H))
+    torch.autograd.gradcheck(lambda *t: lin(t[0], t[1], t[2], t[3], t[4], list(t[5:]), "tanh"), (x, w, b, A, B, *H))
+
+
+def test_functional_api_takes_the_fast_path_in_eager_mode():
+    # the public functions' graph node is the fast path's Function, not the registered op's
+    x, w, b, A, B, H = make_case(n=3, d_in=5, d_out=4, r=2, num_hidden=2, requires_grad=True)
+    assert type(torch_neat.linear(x, w, b, A, B, H).grad_fn).__name__ == "_FusedFnBackward"
+    assert type(torch_neat.adapter(x, w, A, B, H).grad_fn).__name__ == "_FusedFnBackward"
+    assert type(torch.ops.neat.linear(x, w, b, A, B, H, "relu", 1.0).grad_fn).__name__ != "_FusedFnBackward"
 
 
 def _opcheck_cases():

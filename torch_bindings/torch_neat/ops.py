@@ -51,7 +51,9 @@ def linear(
     The result has the autocast dtype on both; float64 tensors are never cast. Float32 parameters get
     float32 gradients. See :func:`autocast_operands`.
     """
-    return torch.ops.neat.linear(input, weight, bias, A, B, list(hidden), canonical_activation(activation), float(scale))
+    # eager mode takes the modules' fast path (the same C ops under a fixed-argument autograd.Function);
+    # torch.compile, functorch transforms and tensor subclasses get the registered op
+    return fused_linear(input, weight, bias, A, B, list(hidden), canonical_activation(activation), float(scale))
 
 
 def adapter(
@@ -68,7 +70,7 @@ def adapter(
     A drop-in for the NEAT authors' adapter module: their ``adapter(x, weight.t())`` is
     ``adapter(x, weight, A, B)`` here. Under ``torch.autocast`` it behaves as :func:`linear` does.
     """
-    return torch.ops.neat.adapter(input, weight, A, B, list(hidden), canonical_activation(activation), float(scale))
+    return fused_adapter(input, weight, A, B, list(hidden), canonical_activation(activation), float(scale))
 
 
 def compute_g(weight: Tensor, A: Tensor, hidden: Sequence[Tensor] = (), activation: str = "relu") -> Tensor:
