@@ -664,13 +664,15 @@ def main(argv=None) -> dict:
         print(f"note: {NAMES[m]} skipped for {a}: PEFT's PEANuT takes transformers' activation names only")
     rows = []
     try:
-        for seed in seeds:
+        for k, seed in enumerate(seeds):
             run_args = copy.copy(args)
             run_args.seed = seed
-            seed_rows = []
-            for method, act in runs:
+            done = {}
+            for i in seed_report.rotated(range(len(runs)), k):  # each seed starts with another method
+                method, act = runs[i]
                 run = run_isolated if isolate else train_and_evaluate
-                seed_rows.append(run(method, act or "relu", make_model, tokenizer, train, test_problems, run_args))
+                done[i] = run(method, act or "relu", make_model, tokenizer, train, test_problems, run_args)
+            seed_rows = [done[i] for i in range(len(runs))]
             if len(seeds) > 1:
                 print(f"\nseed {seed}:\n{format_table(seed_rows, args.device)}\n")
             rows += seed_rows

