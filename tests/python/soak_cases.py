@@ -16,7 +16,7 @@ Two measures, both after a warm-up (thread pool, caches, allocator free lists se
         while file-backed pages (shared libraries, mapped files) leave and re-enter the resident set as
         the kernel reclaims them (these VMs run DAMON reclaim). A CI run once saw the whole-process RSS
         grow 700 bytes per call in both late quarters of 2,000 calls with the heap exactly flat, which
-        three later full runs did not repeat.
+        three other full runs (before and after it) did not show.
 """
 
 from __future__ import annotations
