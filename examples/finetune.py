@@ -444,11 +444,8 @@ def main(argv=None) -> list[dict]:
         print(f"{f'seed {seed}: ' if len(seeds) > 1 else ''}data: VADER lexicon, {len(train_split.texts)} train / "
               f"{len(test_split.texts)} test entries (disjoint word stems), positive share "
               f"{sum(test_split.labels) / len(test_split.labels):.1%} in test")
-        seed_rows = []
-        for method in seed_report.rotated(methods, k):
-            run = run_isolated if isolate else train_and_evaluate
-            seed_rows.append(run(method, make_encoder, train, test, run_args))
-        seed_rows.sort(key=lambda row: methods.index(row["method"]))
+        run = run_isolated if isolate else train_and_evaluate
+        seed_rows = seed_report.run_rotated(methods, k, lambda m: run(m, make_encoder, train, test, run_args))
         if len(seeds) > 1:
             print(f"\nseed {seed}:\n{format_table(seed_rows, args.device)}\n")
         rows += seed_rows

@@ -667,12 +667,9 @@ def main(argv=None) -> dict:
         for k, seed in enumerate(seeds):
             run_args = copy.copy(args)
             run_args.seed = seed
-            done = {}
-            for i in seed_report.rotated(range(len(runs)), k):  # each seed starts with another method
-                method, act = runs[i]
-                run = run_isolated if isolate else train_and_evaluate
-                done[i] = run(method, act or "relu", make_model, tokenizer, train, test_problems, run_args)
-            seed_rows = [done[i] for i in range(len(runs))]
+            run = run_isolated if isolate else train_and_evaluate
+            seed_rows = seed_report.run_rotated(  # each seed starts with another method
+                runs, k, lambda ma: run(ma[0], ma[1] or "relu", make_model, tokenizer, train, test_problems, run_args))
             if len(seeds) > 1:
                 print(f"\nseed {seed}:\n{format_table(seed_rows, args.device)}\n")
             rows += seed_rows

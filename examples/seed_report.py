@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -33,6 +33,14 @@ def rotated(methods: Sequence[str], k: int) -> list[str]:
         return []
     k %= len(methods)
     return list(methods[k:]) + list(methods[:k])
+
+
+def run_rotated(items: Sequence, k: int, run: Callable) -> list:
+    """run(item) for every item, in the k-th seed's order (rotated), the results in the items' order."""
+    done = {}
+    for i in rotated(range(len(items)), k):
+        done[i] = run(items[i])
+    return [done[i] for i in range(len(items))]
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float, int]:

@@ -156,3 +156,6 @@ def test_seed_report_helpers(ft):
     assert orders[0] == methods and sr.rotated(methods, 3) == methods and sr.rotated([], 1) == []
     for i in range(3):  # each method once in every position, each order a permutation
         assert sorted(o[i] for o in orders) == sorted(methods) and sorted(orders[i]) == sorted(methods)
+    called = []
+    assert sr.run_rotated(methods, 1, lambda m: called.append(m) or m.upper()) == ["NEAT", "LORA", "HEAD"]
+    assert called == ["lora", "head", "neat"]
