@@ -20,13 +20,8 @@ typedef struct neat_bwd_plan {
     void *G, *dU, *U, *scratch;
 } neat_bwd_plan;
 
-static size_t neat_size_max(size_t a, size_t b)
-{
-    return a > b ? a : b;
-}
-
 /* The one layout both the size query and the compute call use. */
-static size_t neat_bwd_layout(const neat_grads *grads, const neat_args *args, int with_base,
+static size_t neat_bwd_layout(const neat_grads *grads, const neat_args *args,
                               const neat_exec *exec, void *workspace, neat_bwd_plan *p)
 {
     neat_dtype dt = args->weight->dtype;
@@ -73,7 +68,6 @@ static size_t neat_bwd_layout(const neat_grads *grads, const neat_args *args, in
     p->U = p->want_dB ? neat_carve(&c, (size_t)(N * r) * es) : NULL;
     /* the stack and the GEMMs run one after the other, so they share their scratch */
     p->scratch = neat_carve(&c, neat_size_max(stack, gemm));
-    (void)with_base;
     return c.used;
 }
 
@@ -81,7 +75,8 @@ neat_status neat_cpu_backward_workspace_size(const neat_grads *grads, const neat
                                              int with_base, const neat_exec *exec, size_t *bytes)
 {
     neat_bwd_plan p;
-    *bytes = neat_bwd_layout(grads, args, with_base, exec, NULL, &p);
+    (void)with_base; /* one layout serves both: it sizes every product either one runs */
+    *bytes = neat_bwd_layout(grads, args, exec, NULL, &p);
     return NEAT_OK;
 }
 
@@ -91,7 +86,7 @@ neat_status neat_cpu_backward(const neat_grads *grads, const neat_tensor *dy,
 {
     (void)workspace_bytes; /* checked by dispatch against the same layout */
     neat_bwd_plan p;
-    neat_bwd_layout(grads, args, with_base, exec, workspace, &p);
+    neat_bwd_layout(grads, args, exec, workspace, &p);
     const neat_tensor *x = args->x, *W = args->weight, *B = args->B;
     neat_dtype dt = W->dtype;
     int64_t N = x->sizes[0], d_in = W->sizes[1], d_out = W->sizes[0], r = args->A->sizes[0];
