@@ -18,6 +18,7 @@ typedef struct neat_bwd_plan {
     int need_dU;
     const neat_tensor *dH[NEAT_MAX_HIDDEN];
     void *G, *dU, *U, *scratch;
+    int64_t N, d_in, d_out, r;
 } neat_bwd_plan;
 
 /* The one layout both the size query and the compute call use. */
@@ -30,6 +31,7 @@ static size_t neat_bwd_layout(const neat_grads *grads, const neat_args *args,
     int64_t d_out = args->weight->sizes[0], r = args->A->sizes[0];
     int32_t lanes = neat_exec_lanes(exec);
 
+    p->N = N, p->d_in = d_in, p->d_out = d_out, p->r = r;
     p->want_dx = grads->dx != NULL;
     p->want_dw = grads->dweight != NULL;
     p->want_db = grads->dbias != NULL;
@@ -89,7 +91,7 @@ neat_status neat_cpu_backward(const neat_grads *grads, const neat_tensor *dy,
     neat_bwd_layout(grads, args, exec, workspace, &p);
     const neat_tensor *x = args->x, *W = args->weight, *B = args->B;
     neat_dtype dt = W->dtype;
-    int64_t N = x->sizes[0], d_in = W->sizes[1], d_out = W->sizes[0], r = args->A->sizes[0];
+    int64_t N = p.N, d_in = p.d_in, d_out = p.d_out, r = p.r;
     int64_t xrs = x->strides[0], xcs = x->strides[1];
     int64_t dyrs = dy->strides[0], dycs = dy->strides[1];
     double s = args->scale;

@@ -8,13 +8,6 @@
 #include "op_table.h"
 #include "validate.h"
 
-#define NEAT_TRY(expr)                                                                         \
-    do {                                                                                       \
-        neat_status neat_try_ = (expr);                                                        \
-        if (neat_try_ != NEAT_OK)                                                              \
-            return neat_try_;                                                                  \
-    } while (0)
-
 typedef struct neat_backend {
     neat_status (*forward_workspace_size)(const neat_args *, int, const neat_exec *, size_t *);
     neat_status (*forward)(neat_tensor *, const neat_args *, int, void *, size_t,
@@ -121,41 +114,51 @@ static neat_status neat_run(const neat_entry *e, const neat_call *k, int query, 
     return neat_backend_run(be, e, k, workspace, workspace_bytes, exec);
 }
 
-/* ---- the entry points: each names its description and its arguments ---- */
+static neat_status neat_query(const neat_entry *e, neat_call k, const neat_exec *exec,
+                              size_t *bytes)
+{
+    return neat_run(e, &k, 1, bytes, NULL, 0, exec);
+}
+
+static neat_status neat_compute(const neat_entry *e, neat_call k, void *workspace,
+                                size_t workspace_bytes, const neat_exec *exec)
+{
+    return neat_run(e, &k, 0, NULL, workspace, workspace_bytes, exec);
+}
+
+/* ---- the entry points: each names its description and passes its arguments on ---- */
 
 neat_status neat_linear_forward_workspace_size(const neat_args *args, const neat_exec *exec,
                                                size_t *bytes)
 {
-    neat_call k = {.args = args};
-    return neat_run(&neat_linear_forward_entry, &k, 1, bytes, NULL, 0, exec);
+    return neat_query(&neat_linear_forward_entry, (neat_call){.args = args}, exec, bytes);
 }
 
 neat_status neat_linear_forward(neat_tensor *y, const neat_args *args, void *workspace,
                                 size_t workspace_bytes, const neat_exec *exec)
 {
     neat_call k = {.args = args, .out = y};
-    return neat_run(&neat_linear_forward_entry, &k, 0, NULL, workspace, workspace_bytes, exec);
+    return neat_compute(&neat_linear_forward_entry, k, workspace, workspace_bytes, exec);
 }
 
 neat_status neat_adapter_forward_workspace_size(const neat_args *args, const neat_exec *exec,
                                                 size_t *bytes)
 {
-    neat_call k = {.args = args};
-    return neat_run(&neat_adapter_forward_entry, &k, 1, bytes, NULL, 0, exec);
+    return neat_query(&neat_adapter_forward_entry, (neat_call){.args = args}, exec, bytes);
 }
 
 neat_status neat_adapter_forward(neat_tensor *y, const neat_args *args, void *workspace,
                                  size_t workspace_bytes, const neat_exec *exec)
 {
     neat_call k = {.args = args, .out = y};
-    return neat_run(&neat_adapter_forward_entry, &k, 0, NULL, workspace, workspace_bytes, exec);
+    return neat_compute(&neat_adapter_forward_entry, k, workspace, workspace_bytes, exec);
 }
 
 neat_status neat_linear_backward_workspace_size(const neat_grads *grads, const neat_args *args,
                                                 const neat_exec *exec, size_t *bytes)
 {
     neat_call k = {.args = args, .grads = grads};
-    return neat_run(&neat_linear_backward_entry, &k, 1, bytes, NULL, 0, exec);
+    return neat_query(&neat_linear_backward_entry, k, exec, bytes);
 }
 
 neat_status neat_linear_backward(const neat_grads *grads, const neat_tensor *dy,
@@ -163,14 +166,14 @@ neat_status neat_linear_backward(const neat_grads *grads, const neat_tensor *dy,
                                  const neat_exec *exec)
 {
     neat_call k = {.args = args, .grads = grads, .dy = dy};
-    return neat_run(&neat_linear_backward_entry, &k, 0, NULL, workspace, workspace_bytes, exec);
+    return neat_compute(&neat_linear_backward_entry, k, workspace, workspace_bytes, exec);
 }
 
 neat_status neat_adapter_backward_workspace_size(const neat_grads *grads, const neat_args *args,
                                                  const neat_exec *exec, size_t *bytes)
 {
     neat_call k = {.args = args, .grads = grads};
-    return neat_run(&neat_adapter_backward_entry, &k, 1, bytes, NULL, 0, exec);
+    return neat_query(&neat_adapter_backward_entry, k, exec, bytes);
 }
 
 neat_status neat_adapter_backward(const neat_grads *grads, const neat_tensor *dy,
@@ -178,33 +181,31 @@ neat_status neat_adapter_backward(const neat_grads *grads, const neat_tensor *dy
                                   const neat_exec *exec)
 {
     neat_call k = {.args = args, .grads = grads, .dy = dy};
-    return neat_run(&neat_adapter_backward_entry, &k, 0, NULL, workspace, workspace_bytes, exec);
+    return neat_compute(&neat_adapter_backward_entry, k, workspace, workspace_bytes, exec);
 }
 
 neat_status neat_compute_g_workspace_size(const neat_args *args, const neat_exec *exec,
                                           size_t *bytes)
 {
-    neat_call k = {.args = args};
-    return neat_run(&neat_compute_g_entry, &k, 1, bytes, NULL, 0, exec);
+    return neat_query(&neat_compute_g_entry, (neat_call){.args = args}, exec, bytes);
 }
 
 neat_status neat_compute_g(neat_tensor *G, const neat_args *args, void *workspace,
                            size_t workspace_bytes, const neat_exec *exec)
 {
     neat_call k = {.args = args, .out = G};
-    return neat_run(&neat_compute_g_entry, &k, 0, NULL, workspace, workspace_bytes, exec);
+    return neat_compute(&neat_compute_g_entry, k, workspace, workspace_bytes, exec);
 }
 
 neat_status neat_lowrank_forward_workspace_size(const neat_lowrank_args *args,
                                                 const neat_exec *exec, size_t *bytes)
 {
-    neat_call k = {.lowrank = args};
-    return neat_run(&neat_lowrank_forward_entry, &k, 1, bytes, NULL, 0, exec);
+    return neat_query(&neat_lowrank_forward_entry, (neat_call){.lowrank = args}, exec, bytes);
 }
 
 neat_status neat_lowrank_forward(neat_tensor *y, const neat_lowrank_args *args, void *workspace,
                                  size_t workspace_bytes, const neat_exec *exec)
 {
     neat_call k = {.lowrank = args, .out = y};
-    return neat_run(&neat_lowrank_forward_entry, &k, 0, NULL, workspace, workspace_bytes, exec);
+    return neat_compute(&neat_lowrank_forward_entry, k, workspace, workspace_bytes, exec);
 }

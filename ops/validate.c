@@ -10,13 +10,6 @@
 
 #include "backend.h"
 
-#define NEAT_TRY(expr)                                                                         \
-    do {                                                                                       \
-        neat_status neat_try_ = (expr);                                                        \
-        if (neat_try_ != NEAT_OK)                                                              \
-            return neat_try_;                                                                  \
-    } while (0)
-
 #define NEAT_INVALID(...) neat_set_error(NEAT_ERR_INVALID_ARGUMENT, __VA_ARGS__)
 
 /* ---- names ---- */

@@ -86,6 +86,14 @@ neat_tensor view(const Tensor &t, const char *op, const char *name) {
   return v;
 }
 
+// A view of t into v, or NULL (the C ABI's "absent") when t is None.
+static const neat_tensor *optional_view(const std::optional<Tensor> &t, neat_tensor &v,
+                                        const char *op, const char *name) {
+  if (!t.has_value()) return nullptr;
+  v = view(*t, op, name);
+  return &v;
+}
+
 static std::vector<neat_tensor> hidden_views(const char *op, const std::vector<Tensor> &hidden) {
   std::vector<neat_tensor> views;
   views.reserve(hidden.size());
@@ -195,10 +203,7 @@ struct Call {
     hidden = hidden_views(op, hidden_t);
     args.x = &x;
     args.weight = &weight;
-    if (bias_t.has_value()) {
-      bias = view(*bias_t, op, "bias");
-      args.bias = &bias;
-    }
+    args.bias = optional_view(bias_t, bias, op, "bias");
     args.A = &A;
     args.B = &B;
     args.hidden = hidden.empty() ? nullptr : hidden.data();
@@ -332,17 +337,7 @@ Tensor lowrank(const char *op, const Tensor &input, const Tensor &weight,
   Tensor x2d = flatten_input(op, input, weight);
   neat_tensor xv = view(x2d, op, "input"), wv = view(weight, op, "weight");
   neat_tensor gv = view(G, op, "G"), Bv = view(B, op, "B"), bv;
-  neat_lowrank_args la;
-  std::memset(&la, 0, sizeof la);
-  la.x = &xv;
-  la.weight = &wv;
-  if (bias.has_value()) {
-    bv = view(*bias, op, "bias");
-    la.bias = &bv;
-  }
-  la.G = &gv;
-  la.B = &Bv;
-  la.scale = scale;
+  const neat_lowrank_args la{&xv, &wv, optional_view(bias, bv, op, "bias"), &gv, &Bv, scale};
   const Named n(op, exec);
   size_t bytes = 0;
   check(neat_lowrank_forward_workspace_size(&la, &n.exec, &bytes));
