@@ -66,7 +66,7 @@ typedef enum neat_row_kind {
 #define NEAT_SETS_PARAM 0x08  /* A or G: sets the adapter's dtype (its own rule) and r */
 #define NEAT_NONEMPTY 0x10    /* the dims it binds must be >= 1 */
 
-/* Most views a row checks a matrix limit for, and most dims of a row's views. */
+/* Most matrix limits a row checks, and most dims of a row's views. */
 #define NEAT_ROW_LIMITS 3
 #define NEAT_ROW_DIMS 2
 

@@ -15,27 +15,13 @@
 /* ---- names ---- */
 
 static const char *const neat_c_names[NEAT_NO_ARG] = {
-    [NEAT_ARG_X] = "x",
-    [NEAT_ARG_WEIGHT] = "weight",
-    [NEAT_ARG_BIAS] = "bias",
-    [NEAT_ARG_A] = "A",
-    [NEAT_ARG_G] = "G",
-    [NEAT_ARG_B] = "B",
-    [NEAT_ARG_HIDDEN] = "hidden",
-    [NEAT_ARG_NUM_HIDDEN] = "num_hidden",
-    [NEAT_ARG_ACTIVATION] = "activation",
-    [NEAT_ARG_SCALE] = "scale",
-    [NEAT_ARG_DY] = "dy",
-    [NEAT_ARG_Y] = "y",
-    [NEAT_ARG_DX] = "dx",
-    [NEAT_ARG_DWEIGHT] = "dweight",
-    [NEAT_ARG_DBIAS] = "dbias",
-    [NEAT_ARG_DA] = "dA",
-    [NEAT_ARG_DB] = "dB",
-    [NEAT_ARG_DHIDDEN] = "dhidden",
-    [NEAT_ARG_ADAPTER] = "the adapter",
-    [NEAT_ARG_GRADS] = "grads",
-};
+    [NEAT_ARG_X] = "x", [NEAT_ARG_WEIGHT] = "weight", [NEAT_ARG_BIAS] = "bias", [NEAT_ARG_A] = "A",
+    [NEAT_ARG_G] = "G", [NEAT_ARG_B] = "B", [NEAT_ARG_HIDDEN] = "hidden",
+    [NEAT_ARG_NUM_HIDDEN] = "num_hidden", [NEAT_ARG_ACTIVATION] = "activation",
+    [NEAT_ARG_SCALE] = "scale", [NEAT_ARG_DY] = "dy", [NEAT_ARG_Y] = "y", [NEAT_ARG_DX] = "dx",
+    [NEAT_ARG_DWEIGHT] = "dweight", [NEAT_ARG_DBIAS] = "dbias", [NEAT_ARG_DA] = "dA",
+    [NEAT_ARG_DB] = "dB", [NEAT_ARG_DHIDDEN] = "dhidden", [NEAT_ARG_ADAPTER] = "the adapter",
+    [NEAT_ARG_GRADS] = "grads"};
 
 const char *neat_arg_name(const neat_check *c, unsigned arg)
 {

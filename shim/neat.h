@@ -29,7 +29,7 @@
  *     address space; exec->num_threads <= 65536. They keep every size and offset the library
  *     computes far from integer overflow;
  *   - every function returns a neat_status; neat_last_error() holds a thread-local message
- *     naming the offending argument;
+ *     naming the call and the offending argument (by the names in exec->names, if given);
  *   - CPU parallelism goes through an optional parallel-for hook in neat_exec, CUDA work
  *     runs on the stream in neat_exec and never synchronises the host.
  */
