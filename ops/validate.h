@@ -94,7 +94,7 @@ const char *neat_device_name(neat_device_type type);
 /* "(2, 3)" */
 void neat_dims_str(const int64_t *v, int32_t ndim, char *buf, size_t n);
 /*
- * What every view must satisfy whatever its role (rank <= NEAT_MAX_DIMS, checked before): sizes
+ * What every view must satisfy whatever its role: a rank of 0..NEAT_MAX_DIMS, sizes
  * and strides >= 0, an element count and byte extent that int64 / ptrdiff_t hold, data where
  * there are elements, no wrap past the address space; for an output, no two elements at one
  * address. Sets *span to the bytes it covers (lo == hi when empty).
