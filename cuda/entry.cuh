@@ -4,7 +4,8 @@
 // only carves. The size query runs the plan dry. The compute call runs it dry again with the
 // real y / dy (which the query does not see), checks that this carves no more than the query
 // reported (plans never let the layout of y or dy change what they carve: one that cuBLAS cannot
-// take goes through a stage reserved either way), then runs it for real.
+// take goes through a stage reserved either way), then runs it for real. Messages start with the
+// caller's name for the call where exec->names gives one, else with fn.
 #pragma once
 
 #include "common.cuh"
@@ -15,7 +16,7 @@ template <typename Plan>
 neat_status plan_size(const char *fn, int device, const neat_exec *exec, size_t *bytes, Plan &&plan)
 {
     Ctx ctx;
-    ctx.fn = fn;
+    ctx.fn = neat_message_prefix(exec, fn);
     ctx.dry = true;
     ctx.device = device;
     ctx.exec = exec;
@@ -36,9 +37,9 @@ neat_status plan_run(const char *fn, int device, const neat_exec *exec, void *wo
         return neat_set_error(NEAT_ERR_INTERNAL,
                               "%s: the call needs %zu bytes of workspace but its size query "
                               "reported less (%zu bytes given): a bug in the CUDA backend",
-                              fn, need, workspace_bytes);
+                              neat_message_prefix(exec, fn), need, workspace_bytes);
     Ctx ctx;
-    ctx.fn = fn;
+    ctx.fn = neat_message_prefix(exec, fn);
     ctx.dry = false;
     ctx.device = device;
     ctx.exec = exec;

@@ -50,6 +50,21 @@ NEAT_DECLARE_BACKEND(neat_cuda)
 NEAT_DECLARE_LOWRANK(neat_cuda)
 #endif
 
+/* What a message of a call starts with: the caller's name for the call (neat_exec.names), else
+ * own, the C name of the function reporting. */
+static inline const char *neat_message_prefix(const neat_exec *exec, const char *own)
+{
+    return exec && exec->names && exec->names->call ? exec->names->call : own;
+}
+
+/* Returns expr's status unless it is NEAT_OK. */
+#define NEAT_TRY(expr)                                                                         \
+    do {                                                                                       \
+        neat_status neat_try_ = (expr);                                                        \
+        if (neat_try_ != NEAT_OK)                                                              \
+            return neat_try_;                                                                  \
+    } while (0)
+
 /* Sets the thread-local message (printf-style) and returns status; used by every backend. */
 neat_status neat_set_error(neat_status status, const char *fmt, ...)
 #if defined(__GNUC__)

@@ -18,15 +18,11 @@ typedef struct neat_bwd_plan {
     int need_dU;
     const neat_tensor *dH[NEAT_MAX_HIDDEN];
     void *G, *dU, *U, *scratch;
+    int64_t N, d_in, d_out, r;
 } neat_bwd_plan;
 
-static size_t neat_size_max(size_t a, size_t b)
-{
-    return a > b ? a : b;
-}
-
 /* The one layout both the size query and the compute call use. */
-static size_t neat_bwd_layout(const neat_grads *grads, const neat_args *args, int with_base,
+static size_t neat_bwd_layout(const neat_grads *grads, const neat_args *args,
                               const neat_exec *exec, void *workspace, neat_bwd_plan *p)
 {
     neat_dtype dt = args->weight->dtype;
@@ -35,6 +31,7 @@ static size_t neat_bwd_layout(const neat_grads *grads, const neat_args *args, in
     int64_t d_out = args->weight->sizes[0], r = args->A->sizes[0];
     int32_t lanes = neat_exec_lanes(exec);
 
+    p->N = N, p->d_in = d_in, p->d_out = d_out, p->r = r;
     p->want_dx = grads->dx != NULL;
     p->want_dw = grads->dweight != NULL;
     p->want_db = grads->dbias != NULL;
@@ -73,7 +70,6 @@ static size_t neat_bwd_layout(const neat_grads *grads, const neat_args *args, in
     p->U = p->want_dB ? neat_carve(&c, (size_t)(N * r) * es) : NULL;
     /* the stack and the GEMMs run one after the other, so they share their scratch */
     p->scratch = neat_carve(&c, neat_size_max(stack, gemm));
-    (void)with_base;
     return c.used;
 }
 
@@ -81,7 +77,8 @@ neat_status neat_cpu_backward_workspace_size(const neat_grads *grads, const neat
                                              int with_base, const neat_exec *exec, size_t *bytes)
 {
     neat_bwd_plan p;
-    *bytes = neat_bwd_layout(grads, args, with_base, exec, NULL, &p);
+    (void)with_base; /* one layout serves both: it sizes every product either one runs */
+    *bytes = neat_bwd_layout(grads, args, exec, NULL, &p);
     return NEAT_OK;
 }
 
@@ -91,10 +88,10 @@ neat_status neat_cpu_backward(const neat_grads *grads, const neat_tensor *dy,
 {
     (void)workspace_bytes; /* checked by dispatch against the same layout */
     neat_bwd_plan p;
-    neat_bwd_layout(grads, args, with_base, exec, workspace, &p);
+    neat_bwd_layout(grads, args, exec, workspace, &p);
     const neat_tensor *x = args->x, *W = args->weight, *B = args->B;
     neat_dtype dt = W->dtype;
-    int64_t N = x->sizes[0], d_in = W->sizes[1], d_out = W->sizes[0], r = args->A->sizes[0];
+    int64_t N = p.N, d_in = p.d_in, d_out = p.d_out, r = p.r;
     int64_t xrs = x->strides[0], xcs = x->strides[1];
     int64_t dyrs = dy->strides[0], dycs = dy->strides[1];
     double s = args->scale;

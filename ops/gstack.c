@@ -48,11 +48,6 @@ static void neat_gs_carve(const neat_gs_shape *s, int backward, neat_carver *c, 
     b->gemm = neat_carve(c, s->gemm_bytes);
 }
 
-static size_t neat_size_max(size_t a, size_t b)
-{
-    return a > b ? a : b;
-}
-
 static neat_gs_shape neat_gs_shape_of(const neat_args *args, int backward)
 {
     neat_gs_shape s;

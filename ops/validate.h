@@ -1,15 +1,19 @@
 /*
  * validate.h - the one place every public call's arguments are checked (internal).
  *
- * After these return NEAT_OK the backends may rely on everything backend.h promises. Every
- * failure sets a message naming the function, the argument, what was expected and what was got.
+ * neat_validate runs an entry point's rows (op_table.h) with one loop; after NEAT_OK the backends
+ * may rely on everything backend.h promises. Every failure sets a message naming the call, the
+ * argument, what was expected and what was got, by the names in exec->names where the caller
+ * gave some. Messages are formatted only on failure: a valid call formats nothing.
  */
 #ifndef NEAT_VALIDATE_H
 #define NEAT_VALIDATE_H
 
-#include "neat.h"
-
 #include <stddef.h>
+#include <stdint.h>
+
+#include "neat.h"
+#include "op_table.h"
 
 /*
  * Size limits (stated in shim/neat.h). Every matrix a call reads, writes or forms internally
@@ -26,41 +30,76 @@
 /* The shapes, device and dtypes of a validated call. */
 typedef struct neat_problem {
     neat_device device;
-    neat_dtype dtype;       /* x, weight, bias, y, dy, dx, dweight, dbias */
-    neat_dtype param_dtype; /* A (or G), B, hidden and their gradients */
-    const char *param_name; /* "A", or "G" for neat_lowrank_forward */
-    int64_t N, d_in, d_out, r;
+    neat_dtype dtype;       /* weight's */
+    neat_dtype param_dtype; /* the adapter's: A's, or G's for neat_lowrank_forward */
+    unsigned param_arg;     /* NEAT_ARG_A or NEAT_ARG_G */
+    int64_t sym[NEAT_SYM_COUNT];
 } neat_problem;
 
-/* y may be NULL (workspace query). */
-neat_status neat_validate_forward(const char *fn, const neat_tensor *y, const neat_args *args,
-                                  int with_base, neat_problem *p);
-/* dy may be NULL (workspace query); grads may not. */
-neat_status neat_validate_backward(const char *fn, const neat_grads *grads, const neat_tensor *dy,
-                                   const neat_args *args, int with_base, neat_problem *p);
-/* G may be NULL (workspace query); args->x and args->B may be NULL. */
-neat_status neat_validate_compute_g(const char *fn, const neat_tensor *G, const neat_args *args,
-                                    neat_problem *p);
-
-/* exec may be NULL; checked by size queries and compute calls alike (the sizes depend on it). */
-neat_status neat_validate_exec(const char *fn, const neat_exec *exec);
 /*
- * After the validate_* call of the same entry point: [workspace, workspace + workspace_bytes)
- * must not overlap args' inputs, dy (may be NULL), out (may be NULL; named out_name) or the
- * requested members of grads (may be NULL).
+ * An argument as messages name it: its neat_arg and, for an element of a list, its index. Keys
+ * order the tensors as overlap messages report them: x, weight, bias, A, G, B, hidden[i], dy
+ * among inputs, y, G, dx, dweight, dbias, dA, dB, dhidden[i] among outputs.
  */
-neat_status neat_validate_workspace(const char *fn, const void *workspace, size_t workspace_bytes,
-                                    const neat_args *args, const neat_tensor *dy,
-                                    const char *out_name, const neat_tensor *out,
-                                    const neat_grads *grads);
+#define NEAT_KEY(arg, index) ((unsigned)(arg) << 8 | (unsigned)((index) + 1))
 
-/* neat_lowrank_forward: y may be NULL (workspace query); then the workspace against its tensors. */
-neat_status neat_validate_lowrank(const char *fn, const neat_tensor *y,
-                                  const neat_lowrank_args *args, neat_problem *p);
-neat_status neat_validate_lowrank_workspace(const char *fn, const void *workspace,
-                                            size_t workspace_bytes, const neat_lowrank_args *args,
-                                            const neat_tensor *y);
+/* The bytes [lo, hi) a non-empty view spans. */
+typedef struct neat_span {
+    uintptr_t lo, hi;
+    unsigned key;
+} neat_span;
+
+/* Every tensor of a call at most: x, weight, bias, A or G, B, dy, y or G, five gradients, and
+ * two lists of NEAT_MAX_HIDDEN. */
+#define NEAT_MAX_SPANS (NEAT_ARG_LAST + 1 + 2 * NEAT_MAX_HIDDEN)
+
+/* One call being checked: how messages name it and, once checked, its problem and tensors. */
+typedef struct neat_check {
+    const char *fn;          /* message prefix: exec->names->call, or the C function's name */
+    const neat_names *names; /* exec->names, or NULL */
+    neat_problem p;
+    int n_in, n_out;
+    neat_span in[NEAT_MAX_SPANS], out[NEAT_MAX_SPANS];
+} neat_check;
+
+/* The arguments of one public call as it received them (members it does not take are NULL). */
+typedef struct neat_call {
+    const neat_args *args;
+    const neat_lowrank_args *lowrank;
+    const neat_grads *grads;
+    neat_tensor *out; /* y, or G for neat_compute_g */
+    const neat_tensor *dy;
+} neat_call;
+
+/* Starts checking a call of e (its size query when query != 0); exec may be NULL. */
+void neat_check_begin(neat_check *c, const neat_entry *e, const neat_exec *exec, int query);
+/* Runs e's rows over call; then, for a compute call, the overlap rules; then exec's limits. */
+neat_status neat_validate(neat_check *c, const neat_entry *e, const neat_call *call,
+                          const neat_exec *exec, int query);
+/* After neat_validate of a compute call: [workspace, workspace + bytes) overlaps none of its
+ * tensors. */
+neat_status neat_validate_workspace(const neat_check *c, const void *workspace, size_t bytes);
+
+/* ---- names (validate.c) ---- */
+
+/* The name of arg (a neat_arg or op_table.h's extra ones) in c's messages. */
+const char *neat_arg_name(const neat_check *c, unsigned arg);
+/* The name of a key's tensor, "hidden[2]" for a list element. */
+void neat_key_name(const neat_check *c, unsigned key, char *buf, size_t n);
+
+/* ---- views (view.c) ---- */
 
 const char *neat_dtype_name(neat_dtype dtype);
+const char *neat_device_name(neat_device_type type);
+/* "(2, 3)" */
+void neat_dims_str(const int64_t *v, int32_t ndim, char *buf, size_t n);
+/*
+ * What every view must satisfy whatever its role: a rank of 0..NEAT_MAX_DIMS, sizes
+ * and strides >= 0, an element count and byte extent that int64 / ptrdiff_t hold, data where
+ * there are elements, no wrap past the address space; for an output, no two elements at one
+ * address. Sets *span to the bytes it covers (lo == hi when empty).
+ */
+neat_status neat_check_layout(const neat_check *c, unsigned key, const neat_tensor *t,
+                              int is_output, neat_span *span);
 
 #endif /* NEAT_VALIDATE_H */

@@ -25,6 +25,12 @@ static inline void *neat_align_ptr(void *p)
     return (void *)((u + (NEAT_ALIGN - 1)) & ~(uintptr_t)(NEAT_ALIGN - 1));
 }
 
+/* The larger of two scratch sizes: pieces used one after the other share their bytes. */
+static inline size_t neat_size_max(size_t a, size_t b)
+{
+    return a > b ? a : b;
+}
+
 typedef struct neat_carver {
     char *base;  /* NULL while sizing */
     size_t used; /* bytes from base, alignment padding included */

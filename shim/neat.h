@@ -29,7 +29,7 @@
  *     address space; exec->num_threads <= 65536. They keep every size and offset the library
  *     computes far from integer overflow;
  *   - every function returns a neat_status; neat_last_error() holds a thread-local message
- *     naming the offending argument;
+ *     naming the call and the offending argument (by the names in exec->names, if given);
  *   - CPU parallelism goes through an optional parallel-for hook in neat_exec, CUDA work
  *     runs on the stream in neat_exec and never synchronises the host.
  */
@@ -54,7 +54,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct layout or a function signature below changes. */
-#define NEAT_ABI_VERSION 2 /* 2: neat_exec.allow_tf32 */
+#define NEAT_ABI_VERSION 3 /* 2: neat_exec.allow_tf32; 3: neat_exec.names (neat_names) */
 
 /* Most dims a view may have; the kernels themselves read rank 1 and 2 views. */
 #define NEAT_MAX_DIMS 8
@@ -163,8 +163,47 @@ typedef void (*neat_parallel_body)(int64_t begin, int64_t end, void *ctx);
 typedef void (*neat_parallel_for_fn)(int64_t begin, int64_t end, int64_t grain,
                                      neat_parallel_body body, void *ctx, void *user);
 
+/*
+ * The arguments of the entry points below, as error messages name them. A caller whose users know
+ * the call and its arguments by other names (a binding: the op "neat::linear" takes `input`, not
+ * x) passes those in neat_exec.names, so its messages need no rewriting. Values run
+ * 0..NEAT_ARG_LAST; new ones are appended.
+ */
+typedef enum neat_arg {
+    NEAT_ARG_X = 0,
+    NEAT_ARG_WEIGHT = 1,
+    NEAT_ARG_BIAS = 2,
+    NEAT_ARG_A = 3,
+    NEAT_ARG_G = 4,
+    NEAT_ARG_B = 5,
+    NEAT_ARG_HIDDEN = 6, /* the list; element i is named "<name>[i]" */
+    NEAT_ARG_NUM_HIDDEN = 7,
+    NEAT_ARG_ACTIVATION = 8,
+    NEAT_ARG_SCALE = 9,
+    NEAT_ARG_DY = 10,
+    NEAT_ARG_Y = 11,
+    NEAT_ARG_DX = 12,
+    NEAT_ARG_DWEIGHT = 13,
+    NEAT_ARG_DBIAS = 14,
+    NEAT_ARG_DA = 15,
+    NEAT_ARG_DB = 16,
+    NEAT_ARG_DHIDDEN = 17 /* the list, as hidden */
+} neat_arg;
+#define NEAT_ARG_LAST NEAT_ARG_DHIDDEN
+
+/* Room in neat_names.arg for arguments appended later, so that adding one keeps the layout. */
+#define NEAT_NAMES_CAPACITY 32
+
+/* Names for error messages; every NULL entry (or neat_exec.names == NULL) keeps the C name. */
+typedef struct neat_names {
+    const char *call;                     /* the message prefix, e.g. "neat::linear", instead
+                                             of the C function's name */
+    const char *arg[NEAT_NAMES_CAPACITY]; /* indexed by neat_arg, e.g. arg[NEAT_ARG_X] =
+                                             "input"; entries past NEAT_ARG_LAST must be NULL */
+} neat_names;
+
 /* How to run a call. Zero-initialised means: sequential CPU, default CUDA stream, strict
- * float32. */
+ * float32, the C names in messages. */
 typedef struct neat_exec {
     neat_parallel_for_fn parallel_for; /* NULL: run sequentially */
     void *parallel_user;               /* passed back to parallel_for */
@@ -174,6 +213,7 @@ typedef struct neat_exec {
     int32_t allow_tf32;                /* CUDA float32 products: 0 strict float32 (default),
                                           1 inputs rounded to TF32 (10-bit mantissa) as
                                           torch.backends.cuda.matmul.allow_tf32 permits */
+    const neat_names *names;           /* NULL: messages use the C names */
 } neat_exec;
 
 /* ---- library information and errors ---- */

@@ -24,19 +24,32 @@ static std::string shape_str(const Tensor &t) {
   return s.str();
 }
 
-// The C library prefixes its messages with its own function name; the Python user called the op.
-static void check(neat_status status, const char *op) {
+// The C library's message already names the op and its arguments (see Named).
+static void check(neat_status status) {
   if (status == NEAT_OK) return;
-  const char *msg = neat_last_error();
-  const char *colon = std::strstr(msg, ": ");
-  if (std::strncmp(msg, "neat_", 5) == 0 && colon) msg = colon + 2;
-  std::string text(msg);
-  // The C ABI calls the input x (DESIGN's notation); the op's argument is named input.
-  if (text.rfind("x ", 0) == 0) text = "input " + text.substr(2);
-  // ... and counts the hidden layers in num_hidden, where the op takes a list.
-  if (text.rfind("num_hidden ", 0) == 0) text = "len(hidden) " + text.substr(11);
-  fail(op, text + " [" + neat_status_string(status) + "]");
+  throw std::runtime_error(std::string(neat_last_error()) + " [" + neat_status_string(status) + "]");
 }
+
+namespace {
+
+// exec with the op's names for the C library's messages: the op instead of the C function, and
+// the op's argument names where the C ABI's differ (x is DESIGN's notation for input; the op
+// takes hidden as a list, not a count; dy is the op's grad_out).
+struct Named {
+  neat_names names{};
+  neat_exec exec;
+  Named(const char *op, const neat_exec &base) : exec(base) {
+    names.call = op;
+    names.arg[NEAT_ARG_X] = "input";
+    names.arg[NEAT_ARG_NUM_HIDDEN] = "len(hidden)";
+    names.arg[NEAT_ARG_DY] = "grad_out";
+    exec.names = &names;
+  }
+  Named(const Named &) = delete;
+  Named &operator=(const Named &) = delete;
+};
+
+}  // namespace
 
 neat_tensor view(const Tensor &t, const char *op, const char *name) {
   if (!t.defined()) fail(op, std::string(name) + " is an undefined tensor");
@@ -71,6 +84,14 @@ neat_tensor view(const Tensor &t, const char *op, const char *name) {
   }
   v.data = t.numel() > 0 ? t.data_ptr() : nullptr;
   return v;
+}
+
+// A view of t into v, or NULL (the C ABI's "absent") when t is None.
+static const neat_tensor *optional_view(const std::optional<Tensor> &t, neat_tensor &v,
+                                        const char *op, const char *name) {
+  if (!t.has_value()) return nullptr;
+  v = view(*t, op, name);
+  return &v;
 }
 
 static std::vector<neat_tensor> hidden_views(const char *op, const std::vector<Tensor> &hidden) {
@@ -182,10 +203,7 @@ struct Call {
     hidden = hidden_views(op, hidden_t);
     args.x = &x;
     args.weight = &weight;
-    if (bias_t.has_value()) {
-      bias = view(*bias_t, op, "bias");
-      args.bias = &bias;
-    }
+    args.bias = optional_view(bias_t, bias, op, "bias");
     args.A = &A;
     args.B = &B;
     args.hidden = hidden.empty() ? nullptr : hidden.data();
@@ -212,14 +230,13 @@ Tensor forward(const char *op, const Tensor &input, const Tensor &weight,
   Call c(op, input, weight, bias, A, B, hidden, activation, scale);
   Tensor y = alloc(op, "the output", input, {c.n, c.d_out});
   neat_tensor yv = view(y, op, "output");
+  const Named n(op, exec);
   size_t bytes = 0;
-  check(with_base ? neat_linear_forward_workspace_size(&c.args, &exec, &bytes)
-                  : neat_adapter_forward_workspace_size(&c.args, &exec, &bytes),
-        op);
+  check(with_base ? neat_linear_forward_workspace_size(&c.args, &n.exec, &bytes)
+                  : neat_adapter_forward_workspace_size(&c.args, &n.exec, &bytes));
   Tensor ws = workspace_like(op, input, bytes);
-  check(with_base ? neat_linear_forward(&yv, &c.args, ws_ptr(ws), bytes, &exec)
-                  : neat_adapter_forward(&yv, &c.args, ws_ptr(ws), bytes, &exec),
-        op);
+  check(with_base ? neat_linear_forward(&yv, &c.args, ws_ptr(ws), bytes, &n.exec)
+                  : neat_adapter_forward(&yv, &c.args, ws_ptr(ws), bytes, &n.exec));
   return unflatten_output(y, input, c.d_out);
 }
 
@@ -268,14 +285,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> backward
     g.dhidden = dhv.data();
   }
 
+  const Named n(op, exec);
   size_t bytes = 0;
-  check(with_base ? neat_linear_backward_workspace_size(&g, &c.args, &exec, &bytes)
-                  : neat_adapter_backward_workspace_size(&g, &c.args, &exec, &bytes),
-        op);
+  check(with_base ? neat_linear_backward_workspace_size(&g, &c.args, &n.exec, &bytes)
+                  : neat_adapter_backward_workspace_size(&g, &c.args, &n.exec, &bytes));
   Tensor ws = workspace_like(op, input, bytes);
-  check(with_base ? neat_linear_backward(&g, &dyv, &c.args, ws_ptr(ws), bytes, &exec)
-                  : neat_adapter_backward(&g, &dyv, &c.args, ws_ptr(ws), bytes, &exec),
-        op);
+  check(with_base ? neat_linear_backward(&g, &dyv, &c.args, ws_ptr(ws), bytes, &n.exec)
+                  : neat_adapter_backward(&g, &dyv, &c.args, ws_ptr(ws), bytes, &n.exec));
   if (output_mask[0] && input.dim() != 2) {
     std::vector<int64_t> shape;
     for (int64_t i = 0; i < input.dim(); ++i) shape.push_back(input.size(i));
@@ -303,10 +319,11 @@ Tensor compute_g(const char *op, const Tensor &weight, const Tensor &A,
   args.scale = 1.0;
   Tensor G = alloc(op, "the output G", A, {A.size(0), weight.size(1)});
   neat_tensor gv = view(G, op, "G");
+  const Named n(op, exec);
   size_t bytes = 0;
-  check(neat_compute_g_workspace_size(&args, &exec, &bytes), op);
+  check(neat_compute_g_workspace_size(&args, &n.exec, &bytes));
   Tensor ws = workspace_like(op, A, bytes);
-  check(neat_compute_g(&gv, &args, ws_ptr(ws), bytes, &exec), op);
+  check(neat_compute_g(&gv, &args, ws_ptr(ws), bytes, &n.exec));
   return G;
 }
 
@@ -320,24 +337,15 @@ Tensor lowrank(const char *op, const Tensor &input, const Tensor &weight,
   Tensor x2d = flatten_input(op, input, weight);
   neat_tensor xv = view(x2d, op, "input"), wv = view(weight, op, "weight");
   neat_tensor gv = view(G, op, "G"), Bv = view(B, op, "B"), bv;
-  neat_lowrank_args la;
-  std::memset(&la, 0, sizeof la);
-  la.x = &xv;
-  la.weight = &wv;
-  if (bias.has_value()) {
-    bv = view(*bias, op, "bias");
-    la.bias = &bv;
-  }
-  la.G = &gv;
-  la.B = &Bv;
-  la.scale = scale;
+  const neat_lowrank_args la{&xv, &wv, optional_view(bias, bv, op, "bias"), &gv, &Bv, scale};
+  const Named n(op, exec);
   size_t bytes = 0;
-  check(neat_lowrank_forward_workspace_size(&la, &exec, &bytes), op);
+  check(neat_lowrank_forward_workspace_size(&la, &n.exec, &bytes));
   const int64_t d_out = weight.size(0);
   Tensor y = alloc(op, "the output", input, {x2d.size(0), d_out});
   neat_tensor yv = view(y, op, "output");
   Tensor ws = workspace_like(op, input, bytes);
-  check(neat_lowrank_forward(&yv, &la, ws_ptr(ws), bytes, &exec), op);
+  check(neat_lowrank_forward(&yv, &la, ws_ptr(ws), bytes, &n.exec));
   return unflatten_output(y, input, d_out);
 }
 

@@ -215,7 +215,7 @@ static void test_overflow(layer *l)
     expect(neat_linear_forward_workspace_size(&a, NULL, &bytes), INVALID, "x with shape (0, 37)",
            "empty x with overflowing stride");
     /* a huge thread count would scale the workspace past size_t */
-    neat_exec ex = {NULL, NULL, INT32_MAX, NULL, 0};
+    neat_exec ex = {NULL, NULL, INT32_MAX, NULL, 0, NULL};
     expect(neat_linear_forward_workspace_size(&l->args, &ex, &bytes), INVALID,
            "exec->num_threads is 2147483647; at most 65536", "num_threads INT32_MAX (size)");
     expect(neat_linear_forward(&y.t, &l->args, NULL, 0, &ex), INVALID, "exec->num_threads",
@@ -485,6 +485,106 @@ static void test_hostile_fields(layer *l)
     tb_free(&y);
 }
 
+/* The whole message, not a part of it: names must replace, never add to, the C names. */
+static void expect_msg(neat_status got, neat_status want, const char *msg, const char *what)
+{
+    CHECK(got == want, "%s: status %d (%s), expected %d; message: %s", what, (int)got,
+          neat_status_string(got), (int)want, neat_last_error());
+    CHECK(strcmp(neat_last_error(), msg) == 0, "%s: message\n  \"%s\"\nexpected\n  \"%s\"", what,
+          neat_last_error(), msg);
+}
+
+/* 6. names passed in exec->names replace the C names in every kind of message; NULL (no
+ * names, a NULL entry, a NULL call) keeps the C names. */
+static void test_display_names(layer *l)
+{
+    neat_dtype dt = l->spec.dtype;
+    neat_names names;
+    memset(&names, 0, sizeof names);
+    names.call = "neat::linear";
+    names.arg[NEAT_ARG_X] = "input";
+    names.arg[NEAT_ARG_NUM_HIDDEN] = "len(hidden)";
+    names.arg[NEAT_ARG_HIDDEN] = "H";
+    names.arg[NEAT_ARG_B] = "lora_B";
+    names.arg[NEAT_ARG_DY] = "grad_out";
+    neat_exec ex = {0}, plain = {0};
+    ex.names = &names;
+    static char ws[1 << 20];
+    size_t bytes;
+    tbuf y = tb_make(dt, 5, 53, 0, NULL, 0), y_bad = tb_make(dt, 5, 52, 0, NULL, 0);
+    tbuf m34 = tb_make(dt, 3, 4, 0, NULL, 0);
+    neat_args a = l->args;
+    neat_tensor x = l->tx.t, hid[4] = {l->hidden[0], l->hidden[1], l->hidden[2], l->hidden[3]};
+
+    /* the subject of a message, in a size query and in the compute call */
+    a.x = &x, x.sizes[1] = 36;
+    expect_msg(neat_linear_forward_workspace_size(&a, &ex, &bytes), INVALID,
+               "neat::linear: input must have shape (N, d_in) = (N, 37) to match weight (53, 37); "
+               "got (5, 36)",
+               "named x (size query)");
+    expect_msg(neat_linear_forward(&y.t, &a, ws, sizeof ws, &ex), INVALID,
+               "neat::linear: input must have shape (N, d_in) = (N, 37) to match weight (53, 37); "
+               "got (5, 36)",
+               "named x");
+    expect(neat_linear_forward(&y.t, &a, ws, sizeof ws, &plain), INVALID,
+           "neat_linear_forward: x must have shape (N, d_in)", "x with names NULL");
+    expect(neat_linear_forward(&y.t, &a, ws, sizeof ws, NULL), INVALID,
+           "neat_linear_forward: x must have shape (N, d_in)", "x with exec NULL");
+    /* a list element, a count, and an argument named after another */
+    a = l->args, a.hidden = hid, hid[1] = m34.t;
+    expect_msg(neat_linear_forward(&y.t, &a, ws, sizeof ws, &ex), INVALID,
+               "neat::linear: H[1] must have shape (3, 3); got (3, 4)", "named hidden[1]");
+    a = l->args, a.num_hidden = 3;
+    expect_msg(neat_linear_forward(&y.t, &a, ws, sizeof ws, &ex), INVALID,
+               "neat::linear: len(hidden) must be even and in 0..8; got 3", "named num_hidden");
+    a = l->args, a.num_hidden = 2, a.hidden = NULL;
+    expect_msg(neat_linear_forward(&y.t, &a, ws, sizeof ws, &ex), INVALID,
+               "neat::linear: H must not be NULL when len(hidden) = 2", "named hidden NULL");
+    /* both sides of an overlap */
+    neat_tensor yB = y.t;
+    yB.data = l->tB.t.data;
+    expect_msg(neat_linear_forward(&yB, &l->args, ws, sizeof ws, &ex), INVALID,
+               "neat::linear: output y shares memory with input lora_B; outputs must not "
+               "overlap inputs or other outputs",
+               "named overlap");
+    /* a matrix limit names its arguments */
+    a = l->args, a.x = &x, x = l->tx.t, x.sizes[0] = ((int64_t)1 << 40) / 40, x.strides[0] = 0;
+    expect(neat_linear_forward_workspace_size(&a, &ex, &bytes), INVALID,
+           "neat::linear: input and weight: y's shape (N, d_out) = (27487790694, 53)",
+           "named limit");
+    /* the driver's own messages: the call's name, the C name of the size query to ask */
+    expect(neat_linear_forward(&y.t, &l->args, ws, 1, &ex), NEAT_ERR_WORKSPACE,
+           "neat::linear: workspace must have at least", "named workspace size");
+    expect(neat_linear_forward(&y.t, &l->args, ws, 1, &ex), NEAT_ERR_WORKSPACE,
+           "(as neat_linear_forward_workspace_size reports", "named workspace: query's C name");
+    /* another entry point, dy's name */
+    names.call = "neat::linear_backward";
+    neat_grads g = {0};
+    expect_msg(neat_linear_backward(&g, &y_bad.t, &l->args, ws, sizeof ws, &ex), INVALID,
+               "neat::linear_backward: grad_out must have shape (N, d_out) = (5, 53); got (5, 52)",
+               "named dy");
+    expect_msg(neat_linear_backward(&g, NULL, &l->args, ws, sizeof ws, &ex), INVALID,
+               "neat::linear_backward: grad_out must not be NULL", "named dy NULL");
+    /* a NULL entry keeps its C name, a NULL call keeps the function's name */
+    names.arg[NEAT_ARG_DY] = NULL;
+    expect_msg(neat_linear_backward(&g, &y_bad.t, &l->args, ws, sizeof ws, &ex), INVALID,
+               "neat::linear_backward: dy must have shape (N, d_out) = (5, 53); got (5, 52)",
+               "dy with a NULL entry");
+    names.call = NULL;
+    expect_msg(neat_linear_backward(&g, &y_bad.t, &l->args, ws, sizeof ws, &ex), INVALID,
+               "neat_linear_backward: dy must have shape (N, d_out) = (5, 53); got (5, 52)",
+               "NULL call name");
+    a = l->args, a.num_hidden = 3;
+    expect_msg(neat_linear_backward_workspace_size(&g, &a, &ex, &bytes), INVALID,
+               "neat_linear_backward_workspace_size: len(hidden) must be even and in 0..8; got 3",
+               "NULL call name, named num_hidden (size query)");
+    /* all-NULL names are the C names */
+    memset(&names, 0, sizeof names);
+    expect_msg(neat_linear_forward(&y.t, &a, ws, sizeof ws, &ex), INVALID,
+               "neat_linear_forward: num_hidden must be even and in 0..8; got 3", "empty names");
+    tb_free(&y), tb_free(&y_bad), tb_free(&m34);
+}
+
 int main(void)
 {
     on_cuda = tb_device().type == NEAT_DEVICE_CUDA;
@@ -660,7 +760,7 @@ int main(void)
            "workspace must have at least", "short compute_g workspace");
     free(ws);
     /* more threads than the size was asked for needs more pack buffers */
-    neat_exec ex8 = {NULL, NULL, 8, NULL, 0};
+    neat_exec ex8 = {NULL, NULL, 8, NULL, 0, NULL};
     size_t need1 = 0, need8 = 0;
     neat_linear_forward_workspace_size(&l.args, NULL, &need1);
     neat_linear_forward_workspace_size(&l.args, &ex8, &need8);
@@ -674,6 +774,7 @@ int main(void)
     test_output_aliasing(&l);
     test_workspace_overlap(&l);
     test_hostile_fields(&l);
+    test_display_names(&l);
 
     /* CUDA tensors */
     if (!neat_has_cuda()) {

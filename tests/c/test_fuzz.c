@@ -897,7 +897,7 @@ static int run_case(const fz_case *c, int verbose)
     fz_outputs o;
     make_outputs(c, &o);
     int th = c->threads;
-    neat_exec ex = {pthread_parallel_for, &th, th, NULL, 0};
+    neat_exec ex = {pthread_parallel_for, &th, th, NULL, 0, NULL};
     fz_status st;
     memset(&st, 0, sizeof st);
     run_calls(c, &in, &o, &ex, &st);
@@ -946,7 +946,7 @@ static int run_case(const fz_case *c, int verbose)
         fz_outputs o2;
         make_outputs(c, &o2);
         int th2 = c->threads2;
-        neat_exec ex2 = {pthread_parallel_for, &th2, th2, NULL, 0};
+        neat_exec ex2 = {pthread_parallel_for, &th2, th2, NULL, 0, NULL};
         fz_status st2;
         memset(&st2, 0, sizeof st2);
         run_calls(c, &in, &o2, &ex2, &st2);

@@ -489,6 +489,17 @@ void stream_tests()
         neat_status st = call_forward(1, &y.t, &p.args, nullptr);
         CHECK(st == NEAT_ERR_BACKEND && std::strstr(neat_last_error(), "invalid device ordinal"),
               "a missing device gave %d: %s", (int)st, neat_last_error());
+        // the backend's own messages start with the caller's name for the call, if it gave one
+        CHECK(std::strncmp(neat_last_error(), "neat_cuda_forward: ", 19) == 0,
+              "backend message without names: %s", neat_last_error());
+        neat_names names{};
+        names.call = "neat::linear";
+        neat_exec named{};
+        named.names = &names;
+        st = call_forward(1, &y.t, &p.args, &named);
+        CHECK(st == NEAT_ERR_BACKEND && std::strncmp(neat_last_error(), "neat::linear: ", 14) == 0 &&
+                  std::strstr(neat_last_error(), "invalid device ordinal"),
+              "a missing device with names gave %d: %s", (int)st, neat_last_error());
         // the runtime keeps a failed call's error for cudaGetLastError; the backend must have
         // taken it, or this healthy call's first launch check reports it
         Spec ok = s;
