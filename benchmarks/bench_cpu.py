@@ -4,7 +4,7 @@ All variants are timed in one run, interleaved round by round, and reported as r
 machines are noisy; ratios taken side by side are what we compare). The frozen layer is the floor:
 a training step of a NEAT layer cannot beat its two matmuls (forward and dx).
 
-    python benchmarks/bench_cpu.py                 # DESIGN 5 shapes: d in {1024, 4096}, N=2048, r=8
+    python benchmarks/bench_cpu.py                 # docs/design.md §5 shapes: d in {1024, 4096}, N=2048, r=8
     python benchmarks/bench_cpu.py --d 1024 --repeats 3 --markdown
 """
 
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 import torch_neat  # noqa: E402
 
-# The baseline is the test suite's plain-PyTorch statement of DESIGN 1 (G is never expanded there either).
+# The baseline is the test suite's plain-PyTorch statement of docs/design.md §1 (G is never expanded there either).
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "python"))
 from reference import ACTIVATIONS, reference_linear  # noqa: E402
 

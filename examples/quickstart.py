@@ -14,7 +14,7 @@ import torch_neat
 
 
 def plain_neat(x, w, b, A, B, hidden, scale):
-    """The same layer written with stock PyTorch ops (DESIGN.md section 1, relu)."""
+    """The same layer written with stock PyTorch ops (docs/design.md §1, relu)."""
     G = torch.relu(A @ w)
     k = len(hidden) // 2
     pushed = []

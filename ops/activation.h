@@ -1,5 +1,5 @@
 /*
- * activation.h - the elementwise activations of DESIGN 1.3 and their derivatives (internal).
+ * activation.h - the elementwise activations of docs/design.md §1.3 and their derivatives (internal).
  * Blocks are rows x cols with a row stride (ld); columns are contiguous.
  */
 #ifndef NEAT_ACTIVATION_H

@@ -1,5 +1,5 @@
 /*
- * backward.c - CPU backward (DESIGN 1.2), each gradient computed only when requested:
+ * backward.c - CPU backward (docs/design.md §1.2), each gradient computed only when requested:
  *   dU = s dy B                                   (N, r)
  *   stack backward per column block (gstack.c):   G, dA, dH, A^T dZ_0
  *   dB = s dy^T U,  U = x G^T

@@ -1,5 +1,5 @@
 /*
- * forward.c - CPU forward and compute_g (DESIGN 1.1):
+ * forward.c - CPU forward and compute_g (docs/design.md §1.1):
  *   G = stack(act(A W))          (r, d_in), column blocks, gstack.c
  *   U = x G^T                    (N, r)
  *   linear:  y = x W^T + s U B^T + b

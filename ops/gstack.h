@@ -1,5 +1,5 @@
 /*
- * gstack.h - the column-block engine for G and its backward (internal; DESIGN 1.1, 1.2).
+ * gstack.h - the column-block engine for G and its backward (internal; docs/design.md §1.1, §1.2).
  *
  * Column j of G depends only on column j of W, so d_in is processed in blocks of
  * NEAT_GSTACK_BS columns: Z_0 = A W[:, blk], G_0 = act(Z_0), then the hidden stack with its

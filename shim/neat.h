@@ -2,7 +2,7 @@
  * neat.h - the public C ABI of torch-neat.
  *
  * NEAT adapts a frozen linear layer y = x W^T + b with a small network fed by W itself
- * (DESIGN.md section 1):
+ * (docs/design.md §1):
  *
  *   Z_0 = A W, G_0 = act(Z_0)                                   (r, d_in)
  *   encoders i = 1..k:  push G;  G = act(H_i G)

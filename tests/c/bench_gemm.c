@@ -69,7 +69,7 @@ static void bench_layer(int64_t d, int64_t N, int64_t r)
         t = now() - t;
         best = t < best ? t : best;
     }
-    /* the floor (DESIGN 5): the frozen layer's own two matmuls, x W^T and dy W */
+    /* the floor (docs/design.md §5): the frozen layer's own two matmuls, x W^T and dy W */
     void *scratch = malloc(neat_gemm_scratch_bytes_mnk(NEAT_FLOAT32, N, d, d, 1));
     double floor = 1e30;
     for (int rep = 0; rep < 3; rep++) {

@@ -1,5 +1,5 @@
 /*
- * reference.c - DESIGN 1.1 and 1.2 restated with plain loops in float64 (tests only).
+ * reference.c - docs/design.md §1.1 and §1.2 restated with plain loops in float64 (tests only).
  * Deliberately literal: the hidden stack uses an explicit push/pop list and the residual
  * gradients are routed through that list, not the way ops/gstack.c organises them.
  */

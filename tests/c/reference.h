@@ -1,5 +1,5 @@
 /*
- * reference.h - the naive float64 reference of DESIGN 1.1 / 1.2, used only by the tests.
+ * reference.h - the naive float64 reference of docs/design.md §1.1 / §1.2, used only by the tests.
  * Every matrix is contiguous row-major double.
  */
 #ifndef NEAT_TEST_REFERENCE_H
@@ -25,7 +25,7 @@ typedef struct ref_problem {
 double ref_act(neat_activation act, double z);
 double ref_act_grad(neat_activation act, double z);
 
-/* G (r, d_in) of DESIGN 1.1, computed with an explicit push/pop stack. */
+/* G (r, d_in) of docs/design.md §1.1, computed with an explicit push/pop stack. */
 void ref_compute_g(const ref_problem *p, double *G);
 
 /* y_base = x W^T + b (N, d_out) and y_adapter = s U B^T (N, d_out); either may be NULL. */

@@ -1,5 +1,5 @@
 /*
- * test_fuzz.c - seeded random cases over the public ABI only (DESIGN 6.1, STYLE 13).
+ * test_fuzz.c - seeded random cases over the public ABI only (docs/design.md §6.1, docs/design.md §8.13).
  *
  * Enumerated shapes miss what lives between them, so each case draws its own: shapes (N = 0,
  * ones, primes, output dims either side of the GEMM's skinny limit of 16, K either side of its
@@ -9,7 +9,7 @@
  * output and input lives in a mapping of exactly its size with a PROT_NONE page right after it
  * (even cases) or right before it (odd cases), so one byte too far faults; workspaces also come
  * deliberately misaligned (the size query carries the slack the library's own alignment needs).
- * Results are compared with the float64 reference (reference.h) at DESIGN 4's relative
+ * Results are compared with the float64 reference (reference.h) at docs/design.md §4's relative
  * Frobenius tolerances (float64 1e-12, float32 1e-5); an output that misses them passes only
  * within a conditioning allowance measured on the case itself (refs_perturbed) or a depth
  * allowance for hidden stacks, and such passes are counted and reported. Unrequested gradient
@@ -691,8 +691,8 @@ static double relu_margin(const ref_problem *p)
 typedef struct fz_stats {
     long cases, per_class[C_CLASSES], threaded, bitwise, failed_cases;
     long kink_excused;  /* float32 relu gradients excused at the kink */
-    long cond_relaxed;  /* outputs within the conditioning allowance, not DESIGN 4's bound */
-    double worst_ratio; /* largest error / DESIGN 4 bound among those */
+    long cond_relaxed;  /* outputs within the conditioning allowance, not docs/design.md §4's bound */
+    double worst_ratio; /* largest error / docs/design.md §4 bound among those */
     long worst_case;
     const char *worst_output;
     double seconds;
@@ -702,7 +702,7 @@ static fz_stats stats;
 
 static double tol_for(neat_dtype dt)
 {
-    /* DESIGN 4: relative Frobenius error against the float64 reference */
+    /* docs/design.md §4: relative Frobenius error against the float64 reference */
     return dt == NEAT_FLOAT64 ? 1e-12 : 1e-5;
 }
 
@@ -851,7 +851,7 @@ static void expect_close(fz_checker *k, const char *what, const fz_tensor *t, in
             allowed = INFINITY;
         }
     }
-    CHECK(err <= allowed, "case %ld: %s rel err %.3g > %.3g (DESIGN 4 bound %g)", c->index, what,
+    CHECK(err <= allowed, "case %ld: %s rel err %.3g > %.3g (docs/design.md §4 bound %g)", c->index, what,
           err, allowed, tol);
     if (!(err <= allowed))
         print_mismatches(what, got, ref, rows, cols, tol);
@@ -1053,7 +1053,7 @@ int main(void)
     printf("), %ld threaded, %ld rechecked bitwise across thread counts, %ld failing cases, "
            "%.1f s\n",
            stats.threaded, stats.bitwise, stats.failed_cases, stats.seconds);
-    printf("test_fuzz: %ld outputs within the conditioning allowance but not DESIGN 4's bound "
+    printf("test_fuzz: %ld outputs within the conditioning allowance but not docs/design.md §4's bound "
            "(worst %.3gx the bound: case %ld, %s), %ld float32 relu gradients excused at the "
            "kink\n",
            stats.cond_relaxed, stats.worst_ratio, stats.worst_case,

@@ -2,7 +2,7 @@
  * test_kernels.c - every public kernel (linear / adapter forward and backward, compute_g)
  * against the float64 reference over shapes x activations x depths x dtypes, with strided
  * inputs and outputs, bias on and off, scale != 1, every gradient alone and all together.
- * Tolerances (DESIGN 4), relative Frobenius: float64 1e-12, float32 1e-5.
+ * Tolerances (docs/design.md §4), relative Frobenius: float64 1e-12, float32 1e-5.
  */
 #include <math.h>
 #include <stdlib.h>
