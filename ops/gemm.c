@@ -173,22 +173,26 @@ size_t neat_gemm_ex_scratch_bytes(neat_dtype dtype, int64_t M, int64_t N, int64_
     return fused > alone ? fused : alone;
 }
 
-void neat_gemm(neat_dtype dtype, int64_t M, int64_t N, int64_t K, double alpha,
-               const void *A, int64_t rsa, int64_t csa, const void *B, int64_t rsb, int64_t csb,
-               double beta, void *C, int64_t rsc, int64_t csc, void *scratch,
-               const neat_exec *exec)
+/*
+ * The large products go to the host's GEMM when exec gives one (neat.h, neat_gemm_fn): all three
+ * dims above the skinny limit, so the rank-r products and the stack's r-row blocks never do.
+ * 1 when the provider computed C; 0 when there is none, the shape is small or it declined.
+ */
+static int neat_gemm_provided(neat_dtype dtype, int64_t M, int64_t N, int64_t K, double alpha,
+                              const void *A, int64_t rsa, int64_t csa, const void *B,
+                              int64_t rsb, int64_t csb, double beta, void *C, int64_t rsc,
+                              int64_t csc, const neat_exec *exec)
 {
-    if (dtype == NEAT_FLOAT64)
-        neat_gemm_f64(M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, rsc, csc, scratch, exec);
-    else
-        neat_gemm_f32(M, N, K, (float)alpha, A, rsa, csa, B, rsb, csb, (float)beta, C, rsc, csc,
-                      scratch, exec);
+    if (!exec || !exec->gemm || M <= NEAT_SKINNY || N <= NEAT_SKINNY || K <= NEAT_SKINNY)
+        return 0;
+    return exec->gemm(dtype, M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, rsc, csc,
+                      exec->gemm_user) == 0;
 }
 
-void neat_gemm_ex(neat_dtype dtype, int64_t M, int64_t N, int64_t K, double alpha,
-                  const void *A, int64_t rsa, int64_t csa, const void *B, int64_t rsb,
-                  int64_t csb, double beta, void *C, int64_t rsc, int64_t csc,
-                  const neat_gemm_extra *ex, void *scratch, const neat_exec *exec)
+static void neat_gemm_own(neat_dtype dtype, int64_t M, int64_t N, int64_t K, double alpha,
+                          const void *A, int64_t rsa, int64_t csa, const void *B, int64_t rsb,
+                          int64_t csb, double beta, void *C, int64_t rsc, int64_t csc,
+                          const neat_gemm_extra *ex, void *scratch, const neat_exec *exec)
 {
     if (dtype == NEAT_FLOAT64)
         neat_gemm_ex_f64(M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, rsc, csc, ex, scratch,
@@ -196,4 +200,35 @@ void neat_gemm_ex(neat_dtype dtype, int64_t M, int64_t N, int64_t K, double alph
     else
         neat_gemm_ex_f32(M, N, K, (float)alpha, A, rsa, csa, B, rsb, csb, (float)beta, C, rsc,
                          csc, ex, scratch, exec);
+}
+
+void neat_gemm(neat_dtype dtype, int64_t M, int64_t N, int64_t K, double alpha,
+               const void *A, int64_t rsa, int64_t csa, const void *B, int64_t rsb, int64_t csb,
+               double beta, void *C, int64_t rsc, int64_t csc, void *scratch,
+               const neat_exec *exec)
+{
+    neat_gemm_ex(dtype, M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, rsc, csc, NULL,
+                 scratch, exec);
+}
+
+void neat_gemm_ex(neat_dtype dtype, int64_t M, int64_t N, int64_t K, double alpha,
+                  const void *A, int64_t rsa, int64_t csa, const void *B, int64_t rsb,
+                  int64_t csb, double beta, void *C, int64_t rsc, int64_t csc,
+                  const neat_gemm_extra *ex, void *scratch, const neat_exec *exec)
+{
+    if (!neat_gemm_provided(dtype, M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, rsc, csc,
+                            exec)) {
+        neat_gemm_own(dtype, M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, rsc, csc, ex,
+                      scratch, exec);
+        return;
+    }
+    if (!ex || (ex->K2 <= 0 && !ex->D))
+        return;
+    /* the other terms in one more pass over C, on the library's own code:
+     * C = alpha2 A2 B2 + C + D (with K2 <= 0: C + D); scratch as neat_gemm_ex_scratch_bytes's
+     * "alone" case */
+    neat_gemm_extra d = {0, 0.0, NULL, 0, 0, NULL, 0, 0, ex->D, ex->rsd, ex->csd};
+    int64_t K2 = ex->K2 > 0 ? ex->K2 : 0;
+    neat_gemm_own(dtype, M, N, K2, ex->alpha2, ex->A2, ex->rsa2, ex->csa2, ex->B2, ex->rsb2,
+                  ex->csb2, 1.0, C, rsc, csc, ex->D ? &d : NULL, scratch, exec);
 }

@@ -17,7 +17,8 @@
  *   - outputs come first in argument lists; the caller owns every buffer;
  *   - scratch memory is "ask the size, caller allocates" (the *_workspace_size functions); the
  *     size depends on the shapes and on exec->num_threads, so pass the same exec to the size
- *     query and to the call; results never depend on the thread count (bit for bit);
+ *     query and to the call; results never depend on the thread count (bit for bit), unless
+ *     exec->gemm hands the large products to a host BLAS that does not promise that itself;
  *   - the workspace passed to a compute call, all of [workspace, workspace + workspace_bytes)
  *     (the library may use any of it, not only the size the query reported), must not share a
  *     byte with any input, dy or output of that call (NEAT_ERR_INVALID_ARGUMENT, naming the
@@ -54,7 +55,8 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct layout or a function signature below changes. */
-#define NEAT_ABI_VERSION 3 /* 2: neat_exec.allow_tf32; 3: neat_exec.names (neat_names) */
+#define NEAT_ABI_VERSION 4 /* 2: neat_exec.allow_tf32; 3: neat_exec.names (neat_names);
+                             4: neat_exec.gemm, gemm_user (a host GEMM provider) */
 
 /* Most dims a view may have; the kernels themselves read rank 1 and 2 views. */
 #define NEAT_MAX_DIMS 8
@@ -202,8 +204,29 @@ typedef struct neat_names {
                                              "input"; entries past NEAT_ARG_LAST must be NULL */
 } neat_names;
 
+/*
+ * A host-provided GEMM (a framework's BLAS), cblas-like on strided views, strides in elements:
+ *
+ *   C = alpha * A B + beta * C,   A: (M, K) at A[i*rsa + k*csa], B: (K, N) at B[k*rsb + j*csb],
+ *                                 C: (M, N) at C[i*rsc + j*csc]
+ *
+ * dtype is NEAT_FLOAT32 or NEAT_FLOAT64. When beta == 0, C is never read (it may hold NaN). A and
+ * B may repeat elements (stride 0); C's elements are distinct and share no byte with A or B.
+ * Return 0 when C holds the result, nonzero to decline (any shape, strides or scalars the
+ * provider does not take; also after a failure of its own): the library then computes the same
+ * product with its own GEMM, so declining is always safe. The library calls it only on the CPU,
+ * only from the thread that made the call (never from inside parallel_for), and only for the
+ * large products of a call (every one of M, N, K above 16: x W^T, dy W, dy^T x); the rank-r
+ * terms always run on the library's own code beside it. Results then depend on the provider:
+ * bit-identity across thread counts holds only if the provider's own results do.
+ */
+typedef int (*neat_gemm_fn)(neat_dtype dtype, int64_t M, int64_t N, int64_t K, double alpha,
+                            const void *A, int64_t rsa, int64_t csa, const void *B, int64_t rsb,
+                            int64_t csb, double beta, void *C, int64_t rsc, int64_t csc,
+                            void *user);
+
 /* How to run a call. Zero-initialised means: sequential CPU, default CUDA stream, strict
- * float32, the C names in messages. */
+ * float32, the C names in messages, the library's own GEMM. */
 typedef struct neat_exec {
     neat_parallel_for_fn parallel_for; /* NULL: run sequentially */
     void *parallel_user;               /* passed back to parallel_for */
@@ -214,6 +237,8 @@ typedef struct neat_exec {
                                           1 inputs rounded to TF32 (10-bit mantissa) as
                                           torch.backends.cuda.matmul.allow_tf32 permits */
     const neat_names *names;           /* NULL: messages use the C names */
+    neat_gemm_fn gemm;                 /* NULL: the library's own GEMM for every product */
+    void *gemm_user;                   /* passed back to gemm */
 } neat_exec;
 
 /* ---- library information and errors ---- */

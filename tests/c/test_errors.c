@@ -215,7 +215,7 @@ static void test_overflow(layer *l)
     expect(neat_linear_forward_workspace_size(&a, NULL, &bytes), INVALID, "x with shape (0, 37)",
            "empty x with overflowing stride");
     /* a huge thread count would scale the workspace past size_t */
-    neat_exec ex = {NULL, NULL, INT32_MAX, NULL, 0, NULL};
+    neat_exec ex = {NULL, NULL, INT32_MAX, NULL, 0, NULL, NULL, NULL};
     expect(neat_linear_forward_workspace_size(&l->args, &ex, &bytes), INVALID,
            "exec->num_threads is 2147483647; at most 65536", "num_threads INT32_MAX (size)");
     expect(neat_linear_forward(&y.t, &l->args, NULL, 0, &ex), INVALID, "exec->num_threads",
@@ -760,7 +760,7 @@ int main(void)
            "workspace must have at least", "short compute_g workspace");
     free(ws);
     /* more threads than the size was asked for needs more pack buffers */
-    neat_exec ex8 = {NULL, NULL, 8, NULL, 0, NULL};
+    neat_exec ex8 = {NULL, NULL, 8, NULL, 0, NULL, NULL, NULL};
     size_t need1 = 0, need8 = 0;
     neat_linear_forward_workspace_size(&l.args, NULL, &need1);
     neat_linear_forward_workspace_size(&l.args, &ex8, &need8);

@@ -14,7 +14,9 @@
  * within a conditioning allowance measured on the case itself (refs_perturbed) or a depth
  * allowance for hidden stacks, and such passes are counted and reported. Unrequested gradient
  * buffers and output padding must stay untouched, and a quarter of the cases rerun with
- * another thread count and must match bit for bit.
+ * another thread count and must match bit for bit. Odd cases run with a host GEMM provider in
+ * neat_exec.gemm (provider.h: a plain product that checks every call against the contract and
+ * sums the same way on any thread count), even ones on the library's own GEMM.
  *
  * Every case is a pure function of (seed, index), so one failure replays alone:
  *   NEAT_FUZZ_SEED=<seed> NEAT_FUZZ_CASE=<index> ./test_fuzz
@@ -36,6 +38,7 @@
 
 #include "check.h"
 #include "guard.h"
+#include "provider.h"
 #include "reference.h"
 #include "util.h"
 
@@ -690,6 +693,7 @@ static double relu_margin(const ref_problem *p)
 
 typedef struct fz_stats {
     long cases, per_class[C_CLASSES], threaded, bitwise, failed_cases;
+    long provided, provider_calls; /* cases run with neat_exec.gemm set; its calls */
     long kink_excused;  /* float32 relu gradients excused at the kink */
     long cond_relaxed;  /* outputs within the conditioning allowance, not docs/design.md §4's bound */
     double worst_ratio; /* largest error / docs/design.md §4 bound among those */
@@ -897,7 +901,12 @@ static int run_case(const fz_case *c, int verbose)
     fz_outputs o;
     make_outputs(c, &o);
     int th = c->threads;
-    neat_exec ex = {pthread_parallel_for, &th, th, NULL, 0, NULL};
+    neat_exec ex = {pthread_parallel_for, &th, th, NULL, 0, NULL, NULL, NULL};
+    test_provider prov = test_provider_make(0);
+    if (c->index & 1) {
+        ex.gemm = test_provider_gemm, ex.gemm_user = &prov;
+        stats.provided++;
+    }
     fz_status st;
     memset(&st, 0, sizeof st);
     run_calls(c, &in, &o, &ex, &st);
@@ -946,7 +955,7 @@ static int run_case(const fz_case *c, int verbose)
         fz_outputs o2;
         make_outputs(c, &o2);
         int th2 = c->threads2;
-        neat_exec ex2 = {pthread_parallel_for, &th2, th2, NULL, 0, NULL};
+        neat_exec ex2 = {pthread_parallel_for, &th2, th2, NULL, 0, NULL, ex.gemm, &prov};
         fz_status st2;
         memset(&st2, 0, sizeof st2);
         run_calls(c, &in, &o2, &ex2, &st2);
@@ -961,6 +970,9 @@ static int run_case(const fz_case *c, int verbose)
         stats.bitwise++;
     }
 
+    CHECK(prov.bad == 0, "case %ld: %ld provider calls broke its contract: %s", c->index,
+          prov.bad, prov.first_bad);
+    stats.provider_calls += prov.calls;
     refs_free(&k.ref);
     if (k.have_pert)
         refs_free(&k.pert);
@@ -1058,6 +1070,8 @@ int main(void)
            "kink\n",
            stats.cond_relaxed, stats.worst_ratio, stats.worst_case,
            stats.worst_output ? stats.worst_output : "-", stats.kink_excused);
+    printf("test_fuzz: %ld cases with a host GEMM provider (%ld provider calls)\n",
+           stats.provided, stats.provider_calls);
     printf("test_fuzz: replay one case with NEAT_FUZZ_SEED=0x%llx NEAT_FUZZ_CASE=<index>\n",
            (unsigned long long)seed);
     return check_exit("test_fuzz");

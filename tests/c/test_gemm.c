@@ -68,7 +68,7 @@ static void run_case(neat_dtype dt, int64_t M, int64_t N, int64_t K, int la, int
     if (M * N * K > 0) {
         tbuf C2 = tb_make(dt, M, N, lc, beta == 0 ? NULL : c0, fill);
         void *scratch7 = xmalloc(neat_gemm_scratch_bytes_mnk(dt, M, N, K, 7));
-        neat_exec ex = {reverse_for, NULL, 7, NULL, 0, NULL};
+        neat_exec ex = {reverse_for, NULL, 7, NULL, 0, NULL, NULL, NULL};
         neat_gemm(dt, M, N, K, alpha, A.t.data, A.t.strides[0], A.t.strides[1], B.t.data,
                   B.t.strides[0], B.t.strides[1], beta, C2.t.data, C2.t.strides[0],
                   C2.t.strides[1], scratch7, &ex);
@@ -154,7 +154,7 @@ static void run_ex_case(neat_dtype dt, int64_t M, int64_t N, int64_t K, int64_t 
             int lanes = lane_counts[t];
             tbuf C2 = tb_make(dt, M, N, lc, beta == 0 ? NULL : c0, fill);
             void *sl = xmalloc(neat_gemm_ex_scratch_bytes(dt, M, N, K, K2, lanes));
-            neat_exec exl = {reverse_for, NULL, lanes, NULL, 0, NULL};
+            neat_exec exl = {reverse_for, NULL, lanes, NULL, 0, NULL, NULL, NULL};
             neat_gemm_ex(dt, M, N, K, alpha, A.t.data, A.t.strides[0], A.t.strides[1],
                          B.t.data, B.t.strides[0], B.t.strides[1], beta, C2.t.data,
                          C2.t.strides[0], C2.t.strides[1], &ex, sl, &exl);

@@ -45,7 +45,7 @@ static void skinny_case(neat_dtype dt, int64_t M, int64_t N, int64_t K, int la, 
         }
     tbuf A = tb_make(dt, M, K, la, a, 0), B = tb_make(dt, K, N, lb, b, 0);
     for (int lanes = 1; lanes <= 4; lanes++) {
-        neat_exec exec = {serial_for, NULL, lanes, NULL, 0, NULL};
+        neat_exec exec = {serial_for, NULL, lanes, NULL, 0, NULL, NULL, NULL};
         size_t bytes = neat_gemm_scratch_bytes_mnk(dt, M, N, K, lanes);
         gbuf s = guard_alloc(bytes, lanes % 2 ? GUARD_BACK : GUARD_FRONT, GUARD_FLUSH);
         tbuf C = tb_make(dt, M, N, LAYOUT_CONTIG, NULL, 0);
@@ -80,7 +80,7 @@ static void huge_k_workspace(void)
     args.activation = NEAT_ACT_RELU, args.scale = 1.0;
     const size_t limit = (size_t)64 << 20; /* far below the 64 GiB asked for before */
     for (int threads = 1; threads <= 4; threads++) {
-        neat_exec exec = {serial_for, NULL, threads, NULL, 0, NULL};
+        neat_exec exec = {serial_for, NULL, threads, NULL, 0, NULL, NULL, NULL};
         size_t bytes = 0;
         neat_status st = neat_compute_g_workspace_size(&args, &exec, &bytes);
         CHECK(st == NEAT_OK && bytes < limit, "compute_g, %d threads: status %d, %zu bytes (%s)",

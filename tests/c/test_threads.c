@@ -73,7 +73,7 @@ int main(void)
         static const int counts[] = {1, 2, 3, 7, 5};
         for (int c = 0; c < 5; c++) {
             int threads = counts[c];
-            neat_exec ex = {c == 4 ? reverse_for : pthread_parallel_for, &threads, threads, NULL, 0, NULL};
+            neat_exec ex = {c == 4 ? reverse_for : pthread_parallel_for, &threads, threads, NULL, 0, NULL, NULL, NULL};
             outputs o;
             run_all(&l, &ex, &o);
             const char *how = c == 4 ? "reverse-order hook" : "pthread hook";
