@@ -5,6 +5,9 @@
 // -> exception. All math lives behind shim/neat.h. Built against TORCH_TARGET_VERSION 2.10 so one
 // binary loads in every torch >= 2.10.
 #include "neat_torch_common.h"
+#include "neat_torch_gemm.h"
+
+#include <string>
 
 #include <torch/csrc/stable/library.h>
 
@@ -17,6 +20,8 @@ CpuExec::CpuExec() {
   exec_.parallel_user = this;
   exec_.num_threads = static_cast<int32_t>(threads);
   exec_.stream = nullptr;
+  // the large products on torch's BLAS where the plan says it is faster (neat_torch_gemm.h)
+  install_host_gemm(exec_);
 }
 
 // PyTorch's intra-op pool as neat's parallel-for: honours torch.set_num_threads. This runs
@@ -109,6 +114,18 @@ static Tensor lowrank_linear_cpu(Tensor input, Tensor weight, std::optional<Tens
   });
 }
 
+// Which GEMM serves the large CPU products at the current thread count, e.g.
+// "auto: small=own large=host (2 threads)" (the plan is made here if it was not yet).
+static std::string cpu_gemm_plan() {
+  neat_torch::CpuExec cpu;
+  const neat_exec &e = cpu.exec();
+  std::string s = std::string(neat_torch::host_gemm_mode()) + ": ";
+  bool small = false, large = false;
+  if (e.gemm) neat_torch::host_gemm_classes(e, &small, &large);
+  s += std::string("small=") + (small ? "host" : "own") + " large=" + (large ? "host" : "own");
+  return s + " (" + std::to_string(e.num_threads) + " threads)";
+}
+
 // The schemas are the contract of DESIGN.md section 3.1, except that `hidden` is `Tensor[]? = None`:
 // torch's schema parser accepts no list-of-tensor default other than None. The *_backward ops are
 // internal. lowrank_linear (inference with G kept, not differentiable) is an addition.
@@ -126,6 +143,12 @@ STABLE_TORCH_LIBRARY(neat, m) {
   m.def("compute_g(Tensor weight, Tensor A, Tensor[]? hidden=None, str activation=\"relu\") -> Tensor");
   m.def("lowrank_linear(Tensor input, Tensor weight, Tensor? bias, Tensor G, Tensor B, "
         "float scale=1.0) -> Tensor");
+  m.def("cpu_gemm_plan() -> str");
+}
+
+// No tensor argument to dispatch on: one kernel for every backend.
+STABLE_TORCH_LIBRARY_IMPL(neat, CompositeExplicitAutograd, m) {
+  m.impl("cpu_gemm_plan", TORCH_BOX(&cpu_gemm_plan));
 }
 
 STABLE_TORCH_LIBRARY_IMPL(neat, CPU, m) {

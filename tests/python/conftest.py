@@ -29,6 +29,22 @@ def _seed():
     yield
 
 
+@contextlib.contextmanager
+def cpu_gemm(mode):
+    """NEAT_CPU_GEMM=mode for the calls inside (read per call): "own" is the C library's GEMM only,
+    whose results are bit-identical across thread counts; "host" hands the large products to
+    torch's BLAS, which promises no such thing."""
+    old = os.environ.get("NEAT_CPU_GEMM")
+    os.environ["NEAT_CPU_GEMM"] = mode
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["NEAT_CPU_GEMM"]
+        else:
+            os.environ["NEAT_CPU_GEMM"] = old
+
+
 def make_case(n=5, d_in=37, d_out=53, r=3, num_hidden=0, bias=True, dtype=torch.float64, requires_grad=False, lead=None):
     """Fresh random inputs for one op call (never zeros: B is random too)."""
     shape = (n, d_in) if lead is None else (*lead, d_in)

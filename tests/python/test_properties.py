@@ -27,6 +27,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, Phase, assume, given, note, settings
 from hypothesis import strategies as st
+from conftest import cpu_gemm
 from reference import TOL, reference_g, reference_linear, rel_err
 
 import torch_neat
@@ -438,12 +439,14 @@ def _results_equal(a, b) -> list:
 @given(c=st.one_of(cases("linear", min_threads=2), cases("adapter", min_threads=2), cases("compute_g", min_threads=2), cases("linear", min_threads=2, big_skinny=True)))
 def test_bit_identical_across_thread_counts(c):
     t = build(c)
-    one = run_op(c, t, threads=1)
-    many = run_op(c, t, threads=c.threads)
+    with cpu_gemm("own"):  # the own GEMM's promise; a host BLAS makes none (docs/design.md §2.6)
+        one = run_op(c, t, threads=1)
+        many = run_op(c, t, threads=c.threads)
     diffs = _results_equal(one, many)
     assert not diffs, f"results differ between 1 and {c.threads} threads: {diffs}"
     # And the run is deterministic: the same thread count twice gives the same bits.
-    again = run_op(c, t, threads=c.threads)
+    with cpu_gemm("own"):
+        again = run_op(c, t, threads=c.threads)
     diffs = _results_equal(many, again)
     assert not diffs, f"results differ between two runs with {c.threads} threads: {diffs}"
 
