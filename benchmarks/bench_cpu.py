@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import torch_neat  # noqa: E402
+from machine import header  # noqa: E402  (benchmarks/machine.py)
 
 # The baseline is the test suite's plain-PyTorch statement of docs/design.md §1 (G is never expanded there either).
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "python"))
@@ -102,6 +103,7 @@ def main():
     except (OSError, StopIteration):
         pass
     print()
+    print(header())
     print(f"machine: {cpu}, {args.threads} threads; torch {torch.__version__}; float32, N={args.n}, r={args.r}, "
           f"act={args.act}; {datetime.date.today().isoformat()}; median of {args.repeats}")
     if args.markdown:

@@ -10,9 +10,7 @@ torch.profiler's table of where each step's CPU time goes.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -21,6 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 import finetune  # noqa: E402  (examples/finetune.py: the job's own model, data and methods)
+from machine import header  # noqa: E402  (benchmarks/machine.py)
 
 
 def main():
@@ -68,8 +67,8 @@ def main():
     for _ in range(a.rounds):
         for m in methods:
             res[m].append(run(m))
-    print(f"# {datetime.date.today()} {platform.machine()}, torch {torch.__version__}, {a.threads} threads, "
-          f"{a.rounds} rounds of {a.steps} steps, median ms per step")
+    print(header())
+    print(f"# {a.rounds} rounds of {a.steps} steps, median ms per step")
     base = statistics.median(res["lora"]) if "lora" in res else None
     for m in methods:
         med = statistics.median(res[m])

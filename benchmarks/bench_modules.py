@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import platform
 import statistics
 import time
 
@@ -25,6 +23,7 @@ from torch import nn
 
 import torch_neat
 import torch_neat.peft as neat_peft
+from machine import header
 
 DEFAULT_N = {64: 8, 384: 256, 1024: 2048, 4096: 2048}
 METHODS = ["frozen", "lora", "peanut", "peanut+accelerate", "NeatLinear"]
@@ -131,10 +130,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(
-        f"# {datetime.date.today()} {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, float32, r={args.r}, relu, median of {args.repeats} interleaved repeats (ms)"
-    )
+    print(header())
+    print(f"# float32, r={args.r}, relu, median of {args.repeats} interleaved repeats (ms)")
     head = "| d | N | depth | mode | " + " | ".join(METHODS) + " | NeatLinear / LoRA | accelerated / LoRA | accelerated / PEANuT | NeatLinear / frozen |"
     print(head)
     print("|" + " --- |" * (head.count("|") - 1))
