@@ -115,15 +115,12 @@ static Tensor lowrank_linear_cpu(Tensor input, Tensor weight, std::optional<Tens
 }
 
 // Which GEMM serves the large CPU products at the current thread count, e.g.
-// "auto: small=own large=host (2 threads)" (the plan is made here if it was not yet).
+// "auto: small=own medium=own large=host (2 threads)" (the plan is made here if it was not yet).
 static std::string cpu_gemm_plan() {
   neat_torch::CpuExec cpu;
   const neat_exec &e = cpu.exec();
-  std::string s = std::string(neat_torch::host_gemm_mode()) + ": ";
-  bool small = false, large = false;
-  if (e.gemm) neat_torch::host_gemm_classes(e, &small, &large);
-  s += std::string("small=") + (small ? "host" : "own") + " large=" + (large ? "host" : "own");
-  return s + " (" + std::to_string(e.num_threads) + " threads)";
+  return std::string(neat_torch::host_gemm_mode()) + ": " + neat_torch::host_gemm_plan(e) + " (" +
+         std::to_string(e.num_threads) + " threads)";
 }
 
 // The schemas are the contract of DESIGN.md section 3.1, except that `hidden` is `Tensor[]? = None`:

@@ -21,12 +21,21 @@ namespace {
 using torch::headeronly::ScalarType;
 using torch::stable::Tensor;
 
-// Products of at least this many multiply-adds are "large" (d = 1024 and up at N = 2048); below,
-// "small" (d = 384 at N = 256 and the like). Each class has its own entry in a plan.
-constexpr double kLargeMacs = 67108864.0;  // 2^26
+// Size classes by multiply-adds: small below 2^24 (d = 256 at N = 256), medium up to 2^27 (d = 384
+// at N = 256..1024, the main job's MiniLM layers), large beyond (d >= 1024 at N = 2048). Each class
+// has its own entry in a plan, timed on the representative (N, d) of kShapes.
+constexpr int kClasses = 3;
+constexpr double kClassMacs[kClasses - 1] = {16777216.0, 134217728.0};
+constexpr int64_t kShapes[kClasses][2] = {{128, 256}, {512, 384}, {1024, 1024}};
+
+int size_class(double macs) {
+  int c = 0;
+  while (c < kClasses - 1 && macs >= kClassMacs[c]) ++c;
+  return c;
+}
 
 struct Plan {
-  bool host[2] = {false, false};  // [small, large]: torch's GEMM serves the class
+  bool host[kClasses] = {};  // torch's GEMM serves the class
 };
 
 // C = A B on torch's mm.out (the dispatcher of the stable ABI); declines (nonzero) what mm does
@@ -37,7 +46,7 @@ int torch_gemm(neat_dtype dtype, int64_t M, int64_t N, int64_t K, double alpha, 
                void *C, int64_t rsc, int64_t csc, void *user) noexcept {
   const Plan *plan = static_cast<const Plan *>(user);
   double macs = static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
-  if (!plan->host[macs >= kLargeMacs ? 1 : 0]) return 1;
+  if (!plan->host[size_class(macs)]) return 1;
   if (alpha != 1.0 || beta != 0.0) return 1;
   try {
     ScalarType st = dtype == NEAT_FLOAT64 ? ScalarType::Double : ScalarType::Float;
@@ -94,24 +103,24 @@ double time_lowrank(const neat_exec &exec, int64_t n, int64_t d, int reps) {
   return best;
 }
 
-// Times both GEMMs, interleaved, on one shape per class: the host BLAS must win by 3% to be
-// chosen (the own GEMM keeps results bit-identical across thread counts).
+// Times both GEMMs, interleaved, on one shape per class (kShapes): the host BLAS must win by 3% to
+// be chosen (the own GEMM keeps results bit-identical across thread counts).
 Plan calibrate(const neat_exec &base) {
-  static const Plan all_host{{true, true}};
+  static const Plan all_host{{true, true, true}};
   neat_exec own = base, host = base;
   own.gemm = nullptr;
   host.gemm = &torch_gemm;
   host.gemm_user = const_cast<Plan *>(&all_host);
-  const int64_t shapes[2][2] = {{256, 384}, {1024, 1024}};  // (N, d) per class
   Plan plan;
-  for (int cls = 0; cls < 2; ++cls) {
-    int reps = cls ? 2 : 6;
+  for (int cls = 0; cls < kClasses; ++cls) {
+    const int64_t n = kShapes[cls][0], d = kShapes[cls][1];
+    int reps = cls == kClasses - 1 ? 2 : 8;
     double t_own = 1e30, t_host = 1e30;
-    time_lowrank(own, shapes[cls][0], shapes[cls][1], 1);  // warm-up: pages, pools
-    time_lowrank(host, shapes[cls][0], shapes[cls][1], 1);
+    time_lowrank(own, n, d, 1);  // warm-up: pages, pools
+    time_lowrank(host, n, d, 1);
     for (int round = 0; round < 2; ++round) {
-      double a = time_lowrank(own, shapes[cls][0], shapes[cls][1], reps);
-      double b = time_lowrank(host, shapes[cls][0], shapes[cls][1], reps);
+      double a = time_lowrank(own, n, d, reps);
+      double b = time_lowrank(host, n, d, reps);
       if (a < t_own) t_own = a;
       if (b < t_host) t_host = b;
     }
@@ -122,10 +131,13 @@ Plan calibrate(const neat_exec &base) {
 
 }  // namespace
 
-void host_gemm_classes(const neat_exec &exec, bool *small, bool *large) {
+std::string host_gemm_plan(const neat_exec &exec) {
   const Plan *plan = exec.gemm == &torch_gemm ? static_cast<const Plan *>(exec.gemm_user) : nullptr;
-  *small = plan && plan->host[0];
-  *large = plan && plan->host[1];
+  static const char *const names[kClasses] = {"small", "medium", "large"};
+  std::string s;
+  for (int c = 0; c < kClasses; ++c)
+    s += std::string(c ? " " : "") + names[c] + "=" + (plan && plan->host[c] ? "host" : "own");
+  return s;
 }
 
 const char *host_gemm_mode() {
@@ -137,7 +149,7 @@ const char *host_gemm_mode() {
 }
 
 void install_host_gemm(neat_exec &exec) {
-  static const Plan all_host{{true, true}};
+  static const Plan all_host{{true, true, true}};
   exec.gemm = nullptr;
   exec.gemm_user = nullptr;
   Mode mode = read_mode();
@@ -153,7 +165,9 @@ void install_host_gemm(neat_exec &exec) {
   std::lock_guard<std::mutex> lock(mu);
   auto it = plans.find(exec.num_threads);
   if (it == plans.end()) it = plans.emplace(exec.num_threads, calibrate(exec)).first;
-  if (!it->second.host[0] && !it->second.host[1]) return;
+  bool any = false;
+  for (bool h : it->second.host) any = any || h;
+  if (!any) return;
   exec.gemm = &torch_gemm;
   exec.gemm_user = &it->second;
 }

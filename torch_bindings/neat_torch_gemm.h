@@ -9,6 +9,8 @@
 // or unset (the timed plan).
 #pragma once
 
+#include <string>
+
 #include "neat.h"
 
 namespace neat_torch {
@@ -17,8 +19,9 @@ namespace neat_torch {
 // carry the parallel-for hook and thread count the calls will use (the plan is timed with it).
 void install_host_gemm(neat_exec &exec);
 
-// Which size classes an installed provider serves (exec.gemm set by install_host_gemm).
-void host_gemm_classes(const neat_exec &exec, bool *small, bool *large);
+// Which GEMM serves each size class under exec (as install_host_gemm left it), e.g.
+// "small=own medium=host large=host".
+std::string host_gemm_plan(const neat_exec &exec);
 
 // The mode in force: "own", "host" or "auto" (for benchmarks and tests, via neat::cpu_gemm_info).
 const char *host_gemm_mode();

@@ -78,4 +78,4 @@ def test_plan_names_the_mode():
     with cpu_gemm("own"):
         assert "host" not in torch.ops.neat.cpu_gemm_plan()
     with cpu_gemm("host"):
-        assert torch.ops.neat.cpu_gemm_plan().startswith("host: small=host large=host")
+        assert torch.ops.neat.cpu_gemm_plan().startswith("host: small=host medium=host large=host")
