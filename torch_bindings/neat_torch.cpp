@@ -123,7 +123,7 @@ static std::string cpu_gemm_plan() {
          std::to_string(e.num_threads) + " threads)";
 }
 
-// The schemas are the contract of DESIGN.md section 3.1, except that `hidden` is `Tensor[]? = None`:
+// The schemas are the contract of docs/design.md §3.1, except that `hidden` is `Tensor[]? = None`:
 // torch's schema parser accepts no list-of-tensor default other than None. The *_backward ops are
 // internal. lowrank_linear (inference with G kept, not differentiable) is an addition.
 STABLE_TORCH_LIBRARY(neat, m) {

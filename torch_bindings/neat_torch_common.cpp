@@ -33,8 +33,8 @@ static void check(neat_status status) {
 namespace {
 
 // exec with the op's names for the C library's messages: the op instead of the C function, and
-// the op's argument names where the C ABI's differ (x is DESIGN's notation for input; the op
-// takes hidden as a list, not a count; dy is the op's grad_out).
+// the op's argument names where the C ABI's differ (x is the notation of docs/design.md §1.1 for
+// input; the op takes hidden as a list, not a count; dy is the op's grad_out).
 struct Named {
   neat_names names{};
   neat_exec exec;

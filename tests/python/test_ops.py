@@ -245,9 +245,9 @@ def test_results_independent_of_thread_count():
     try:  # the promise of the own GEMM (a host BLAS makes none: docs/design.md §2.6)
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            with cpu_gemm("own"):
+            with cpu_gemm("own"):  # backward too: it reads the mode when it runs
                 y = torch_neat.linear(x, w, b, A, B, H, "silu", 0.5)
-            grads = torch.autograd.grad(y, [x, w, b, A, B, *H], torch.ones_like(y))
+                grads = torch.autograd.grad(y, [x, w, b, A, B, *H], torch.ones_like(y))
             results.append([y, *grads])
     finally:
         torch.set_num_threads(before)
