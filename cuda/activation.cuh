@@ -1,4 +1,4 @@
-// activation.cuh - the activations of DESIGN 1.3 and their derivatives, on the device, in the
+// activation.cuh - the activations of docs/design.md §1.3 and their derivatives, on the device, in the
 // accumulation type (float or double). Picked at run time from neat_activation (a uniform branch).
 #pragma once
 

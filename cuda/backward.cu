@@ -1,4 +1,4 @@
-// backward.cu - neat_cuda_backward: every gradient of DESIGN 1.2 that is asked for, on the
+// backward.cu - neat_cuda_backward: every gradient of docs/design.md §1.2 that is asked for, on the
 // caller's stream, from the op's inputs alone (nothing saved by the forward but the inputs).
 //
 // Launch sequence (T = x's dtype, Acc = float32, or float64 for float64), each step only when

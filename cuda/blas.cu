@@ -62,7 +62,7 @@ neat_status thread_handle(Ctx &ctx, int device, cublasHandle_t *out)
         cublasHandle_t fresh = nullptr;
         NEAT_CUBLAS_CHECK(ctx, cublasCreate(&fresh));
         // Products accumulate in their compute type even where cuBLAS would be allowed to reduce
-        // split-K partial sums in a half output type (DESIGN 4: float32 accumulation). TF32 is
+        // split-K partial sums in a half output type (docs/design.md §4: float32 accumulation). TF32 is
         // chosen per call by the compute type, so the handle's math mode stays the default.
         // No atomics: results do not depend on the run.
         const cublasMath_t math = static_cast<cublasMath_t>(

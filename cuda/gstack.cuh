@@ -1,5 +1,5 @@
-// gstack.cuh - the r-by-r network that turns Z_0 = A W into G (DESIGN 1.1) and its backward
-// (DESIGN 1.2), on the device. Kernels and launchers in gstack.cu.
+// gstack.cuh - the r-by-r network that turns Z_0 = A W into G (docs/design.md §1.1) and its backward
+// (docs/design.md §1.2), on the device. Kernels and launchers in gstack.cu.
 //
 // Everything is column-independent: G's column j depends only on Z_0's column j, so each kernel
 // is one thread per (row, column) element, a whole layer (r-term dot product with H, activation,

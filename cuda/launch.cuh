@@ -1,4 +1,4 @@
-// launch.cuh - the one way the backend launches a kernel (STYLE.md 14).
+// launch.cuh - the one way the backend launches a kernel (docs/design.md §8.14).
 //
 // Every kernel is a grid-stride loop over n items started here, so the launch configuration is
 // decided in one place and a host build can take it over: with NEAT_CUDA_EMULATE (the test-only

@@ -191,8 +191,8 @@ def save_gathered_adapter(model: torch.nn.Module, tensors: dict[str, torch.Tenso
     os.makedirs(path, exist_ok=True)
     save_file(tensors, os.path.join(path, torch_neat.model.WEIGHTS_NAME), metadata={"format": "pt"})
     model.neat_config.save(
-        path, base_model_type=getattr(getattr(model, "config", None), "model_type", None),
-        modules_to_save_resolved=list(model.neat_modules_to_save),
+        path, base_model_type=torch_neat.model_type(model),
+        modules_to_save_resolved=torch_neat.saved_modules(model),
     )
     return path
 

@@ -1,4 +1,4 @@
-"""GPU benchmark of neat::linear (DESIGN.md section 5): fwd+bwd time and peak memory against
+"""GPU benchmark of neat::linear (docs/design.md §5): fwd+bwd time and peak memory against
 
   frozen   F.linear with a frozen weight (dx only): the floor
   lora     PEFT's LoRA layer at the same r

@@ -7,7 +7,7 @@
 // mantissa first) and refuses what cuBLAS documents as invalid: a bad op, a negative size, a
 // leading dimension below the rows of the stored matrix, a pointer not aligned to its element, a
 // type combination cublasGemmEx does not support. It also refuses what is legal for cuBLAS but
-// wrong for this library (DESIGN 2, 4): a GEMM that would make cuBLAS allocate its own workspace
+// wrong for this library (docs/design.md §2, §4): a GEMM that would make cuBLAS allocate its own workspace
 // (cublasSetStream drops the one set before it), a half output on a handle whose math mode allows
 // split-K partial sums reduced in that half type (CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION
 // missing: the contract is float32 accumulation), a handle used on another device than the one it
@@ -148,7 +148,7 @@ void widen_operands(const void *A, cudaDataType At, const void *B, cudaDataType 
 
 // sum x[p] y[p] in Acc, as a GEMM that splits K does it: a running sum over each slice of
 // kSlice terms, the slices' sums added up in order. (cuBLAS documents no order; a plain
-// running sum over tens of thousands of same-sign terms would lose more than DESIGN 4's float32
+// running sum over tens of thousands of same-sign terms would lose more than docs/design.md §4's float32
 // bound, which cuBLAS's split-K kernels and the CPU backend's K slices both stay within.)
 template <typename Acc>
 Acc blocked_dot(const Acc *x, const Acc *y, int64_t k)
@@ -364,7 +364,7 @@ cublasStatus_t cublasGemmEx_64(cublasHandle_t handle, cublasOperation_t transa,
             return refuse(CUBLAS_STATUS_INVALID_VALUE, "%s: %s at %p is not aligned to its %zu-byte "
                           "elements", fn, a.name, a.p, type_size(a.t));
 
-    // Policy of this library (DESIGN 4): float32 accumulation, also across split-K partial sums
+    // Policy of this library (docs/design.md §4): float32 accumulation, also across split-K partial sums
     // that cuBLAS may otherwise reduce in a half output type.
     if ((Ctype == CUDA_R_16F || Ctype == CUDA_R_16BF) &&
         !(handle->math_mode & CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION))

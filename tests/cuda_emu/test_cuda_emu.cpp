@@ -7,7 +7,7 @@
 // cannot take in place with a workspace of exactly the queried size, TF32 on request only, the
 // cuBLAS math mode, 16-byte aligned scratch, the cuBLAS workspace per compute capability, and a
 // bounded number of cuBLAS handles however many threads come and go.
-// Tolerances (DESIGN 4): half 2e-2, float32 1e-5.
+// Tolerances (docs/design.md §4): half 2e-2, float32 1e-5.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -621,7 +621,7 @@ void cublas_double_tests()
                           CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS &&
               c1 == 1.0f,
           "COMPUTE_32F_FAST_TF32 must round inputs to TF32 (got %.9g)", c1);
-    // a half output needs a math mode that keeps split-K reductions in float32 (DESIGN 4)
+    // a half output needs a math mode that keeps split-K reductions in float32 (docs/design.md §4)
     __nv_bfloat16 hA[6], hB[6], hC[4];
     for (int i = 0; i < 6; ++i) hA[i] = __float2bfloat16_rn(A[i]), hB[i] = __float2bfloat16_rn(B[i]);
     auto half_gemm = [&] {

@@ -1,7 +1,7 @@
 """Tolerances and float64 reference helpers of the GPU suite (test_cuda.py). Device-agnostic and
 GPU-free, so they can be exercised on any machine (the GPU suite itself only runs with CUDA).
 
-Rules (DESIGN.md section 4, STYLE 2):
+Rules (docs/design.md §4, §8.2):
 
 - Outputs and gradients: relative Frobenius error ``||out - ref|| / ||ref||`` within ``TOL`` and the
   largest elementwise error within ``MAX_TOL * max|ref|``: a few wildly wrong elements (a bad tile
@@ -28,7 +28,7 @@ import reference as ref
 HALF = (torch.bfloat16, torch.float16)
 
 # Relative Frobenius bounds. float16 has 3 more mantissa bits than bfloat16 (unit roundoff 2^-11 vs
-# 2^-8): DESIGN's common 2e-2 was about 40x the float16 error seen on a GPU, so float16 gets ~5 unit
+# 2^-8): the design's common 2e-2 was about 40x the float16 error seen on a GPU, so float16 gets ~5 unit
 # roundoffs, as bfloat16's 2e-2 is for bfloat16.
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2.5e-3}
 # Largest elementwise error, relative to the largest reference magnitude.

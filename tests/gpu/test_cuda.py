@@ -1,4 +1,4 @@
-"""The Python suite's checks on CUDA tensors (DESIGN.md section 6, tests/gpu).
+"""The Python suite's checks on CUDA tensors (docs/design.md §6, tests/gpu).
 
 Run on a machine with a GPU (tests/gpu/run.sh); the module is skipped where CUDA is absent, so
 this folder is never part of CI. Every result is compared against reference.py in float64 with the
@@ -374,7 +374,7 @@ def test_llama_size_mixed_precision_depth10(dt, bias):
 
 
 # ---------------------------------------------------------------------------------------------
-# torch.autocast as HF Trainer uses it: float32 weights and adapters, half autocast (DESIGN 4).
+# torch.autocast as HF Trainer uses it: float32 weights and adapters, half autocast (docs/design.md §4).
 # x, W and b run in the autocast dtype; float32 A, B, H stay float32 and the kernels' mixed-precision
 # mode rounds them; the output has the autocast dtype, as F.linear's.
 

@@ -1,5 +1,5 @@
-"""Shared by the layer / model / PEFT tests: a plain-PyTorch re-statement of DESIGN.md section 1, tiny
-HuggingFace models built from configs (random weights, no downloads), and error reporting (STYLE 2).
+"""Shared by the layer / model / PEFT tests: a plain-PyTorch re-statement of docs/design.md §1, tiny
+HuggingFace models built from configs (random weights, no downloads), and error reporting (docs/design.md §8.2).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from torch import nn
 import torch_neat
 
 # ---------------------------------------------------------------------------------------------
-# DESIGN.md section 1 in plain PyTorch: the one reference of the test suite (reference.py), taking the
+# docs/design.md §1 in plain PyTorch: the one reference of the test suite (reference.py), taking the
 # transformers activation names too.
 
 def reference_g(W, A, hidden, act):
@@ -37,7 +37,7 @@ class ReferenceNeat(nn.Module):
 
 
 def to_reference(model: nn.Module) -> nn.Module:
-    """A deep copy of a patched model whose NEAT layers compute DESIGN section 1 in plain PyTorch."""
+    """A deep copy of a patched model whose NEAT layers compute docs/design.md §1 in plain PyTorch."""
     ref = copy.deepcopy(model)
     for name, layer in list(torch_neat.neat_layers(ref)):
         parent, _, child = name.rpartition(".")

@@ -1,4 +1,4 @@
-"""Plain-PyTorch re-statement of DESIGN.md section 1, used only by tests.
+"""Plain-PyTorch re-statement of docs/design.md §1, used only by tests.
 
 Written for readability, not speed: it forms G explicitly with torch matmuls and lets autograd
 produce the reference gradients.
@@ -26,7 +26,7 @@ ACTIVATIONS = {
 # The tests draw A and the hidden layers so that every pre-activation is O(1) in the activation's own unit.
 # sin2pi(z) = sin(2 pi z) turns once per unit of z, so its unit is 1 / (2 pi): at the radians-sized inputs
 # the other activations get, a stack of it multiplies rounding errors by ~2 pi |H| per layer, and PyTorch's
-# own float32 evaluation of this reference misses the DESIGN 4 bound by 1e-3 at 6 hidden layers (the
+# own float32 evaluation of this reference misses the docs/design.md §4 bound by 1e-3 at 6 hidden layers (the
 # function's conditioning, not the kernels'). Scaled, sin2pi(A W / 2 pi) = sin(A W) exactly.
 INPUT_UNIT = {"sin2pi": 1 / (2 * math.pi)}
 
@@ -97,4 +97,4 @@ compute_g = reference_g
 neat = reference_linear
 
 
-TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2}  # DESIGN 4
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2}  # docs/design.md §4

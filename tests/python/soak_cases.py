@@ -1,4 +1,4 @@
-"""Soak cases for the ops: memory in use must stay flat over tens of thousands of calls (DESIGN.md 6.1).
+"""Soak cases for the ops: memory in use must stay flat over tens of thousands of calls (docs/design.md §6.1).
 
 Used by test_soak.py; also a script that prints the growth per call of every case as a table:
 

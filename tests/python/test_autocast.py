@@ -1,4 +1,4 @@
-"""The ops and modules under ``torch.autocast`` (DESIGN.md section 4), the way HF Trainer uses it:
+"""The ops and modules under ``torch.autocast`` (docs/design.md §4), the way HF Trainer uses it:
 float32 weights and adapters, bfloat16 autocast.
 
 Semantics (ops.autocast_operands): on CPU the kernels run float32/float64 only, so under CPU

@@ -1,4 +1,4 @@
-"""NeatLinear: initialisation, forward/backward against DESIGN section 1, the eval-mode G cache, exact merge."""
+"""NeatLinear: initialisation, forward/backward against docs/design.md §1, the eval-mode G cache, exact merge."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import torch_neat
-import torch_neat.layer as neat_layer
+import torch_neat.merge as neat_merge
 from hf_helpers import TOL, assert_bitwise, assert_rel, reference_linear
 
 D_IN, D_OUT, R = 37, 53, 3
@@ -88,13 +88,13 @@ def test_activation_aliases():
 
 def test_eval_caches_g_until_weights_change(monkeypatch):
     calls = []
-    real = neat_layer._ops.compute_g
+    real = torch_neat.ops.compute_g
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(neat_layer._ops, "compute_g", counting)
+    monkeypatch.setattr(torch_neat.ops, "compute_g", counting)
     layer = make_layer(depth=4, activation="tanh")
     x = torch.randn(6, D_IN, dtype=torch.float64)
     train_out = layer.train()(x).detach()
@@ -137,7 +137,7 @@ def test_eval_with_grad_still_trains_adapter():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_merge_unmerge_is_bit_exact(dtype, monkeypatch):
-    monkeypatch.setattr(neat_layer, "_MERGE_BLOCK_ELEMENTS", 2000)  # several row blocks
+    monkeypatch.setattr(neat_merge, "_MERGE_BLOCK_ELEMENTS", 2000)  # several row blocks
     torch.manual_seed(5)
     base = nn.Linear(300, 257).to(dtype)
     with torch.no_grad():  # signed zeros and a NaN must come back exactly too
@@ -154,7 +154,7 @@ def test_merge_unmerge_is_bit_exact(dtype, monkeypatch):
         assert layer.merged
         assert not torch.equal(base.weight[1:], original[1:]), "merge changed nothing"
         merged = layer(x)
-    rec = layer._merge_record
+    rec = layer.merge_record
     w_bytes = original.numel() * original.element_size()
     assert all(t.numel() < original.numel() for t in (rec.B, rec.G, rec.index, rec.values))
     assert rec.nbytes() < 0.5 * w_bytes, f"merge keeps {rec.nbytes()} bytes for a {w_bytes}-byte weight"

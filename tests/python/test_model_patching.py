@@ -60,7 +60,7 @@ def test_init_equals_base_and_adapter_equals_reference(family):
     ref_model = to_reference(model)
     out = logits(model, inputs)
     ref = logits(ref_model, inputs)
-    assert_rel(out, ref, MODEL_TOL[torch.float64], f"{family}: adapted model vs DESIGN section 1 reference")
+    assert_rel(out, ref, MODEL_TOL[torch.float64], f"{family}: adapted model vs docs/design.md §1 reference")
     model.eval()
     with torch.no_grad():
         assert_rel(logits(model, inputs), ref, MODEL_TOL[torch.float64], f"{family}: eval (cached G) vs reference")

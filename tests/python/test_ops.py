@@ -1,4 +1,4 @@
-"""neat::linear / neat::adapter against the plain-PyTorch statement of DESIGN section 1."""
+"""neat::linear / neat::adapter against the plain-PyTorch statement of docs/design.md §1."""
 
 import pytest
 import torch

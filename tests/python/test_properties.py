@@ -1,4 +1,4 @@
-"""Property tests (Hypothesis) of neat::linear, neat::adapter and neat::compute_g (DESIGN.md 6.1).
+"""Property tests (Hypothesis) of neat::linear, neat::adapter and neat::compute_g (docs/design.md §6.1).
 
 Every example draws shapes (N 0 and 1 included, 0..2 extra leading dims, output dims on both sides of
 16, reduction lengths on both sides of 256, odd and prime r), a memory layout for every tensor argument
@@ -6,7 +6,7 @@ Every example draws shapes (N 0 and 1 included, 0..2 extra leading dims, output 
 inputs require grad, dtype, thread count, activation, hidden depth, bias and scale. The forward result
 and every requested gradient are compared with the plain-PyTorch float64 reference (reference.py),
 computed from the very same (possibly float32-rounded) input values, by relative Frobenius error
-(DESIGN.md 4). A separate property checks that results are bit-identical across thread counts.
+(docs/design.md §4). A separate property checks that results are bit-identical across thread counts.
 
 Profiles (HYPOTHESIS_PROFILE=<name>, default "ci"):
   ci   derandomized, bounded example counts (the file runs in about a minute on 2 cores)
@@ -51,14 +51,14 @@ KERNEL_ACTS = ["relu", "sin", "gelu", "gelu_tanh", "silu", "tanh", "identity", "
 ALIASES = {"silu": ["swish", "SiLU"], "identity": ["linear", "none"], "gelu_tanh": ["gelu_new", "gelu_pytorch_tanh"], "relu": ["ReLU"]}
 DTYPES = {"f64": torch.float64, "f32": torch.float32}
 
-# Tolerances. DESIGN.md 4 bounds the relative Frobenius error at 1e-12 (float64) and 1e-5 (float32,
+# Tolerances. docs/design.md §4 bounds the relative Frobenius error at 1e-12 (float64) and 1e-5 (float32,
 # against the float64 reference of the same rounded inputs). Some drawn examples are ill-conditioned:
 # a deep stack (up to 8 hidden layers) whose gradient is a small difference of large terms, a ReLU
 # whose argument is within rounding of 0, an overlapping (as_strided) input whose rows are shifted
 # copies of each other, a long dot product that cancels (an r = 1 hidden gradient over K = 2053 with
 # condition number 6e3 was found). There a fixed bound fails on rounding, not on a bug: PyTorch's own
 # float32 evaluation misses it too. Such an example is held to a conditioning-aware bound instead:
-#     max(DESIGN bound, 10 * yardstick)
+#     max(design bound, 10 * yardstick)
 # where the yardstick is the largest relative error, on the same example, of
 #   - PyTorch evaluating reference.py in float32, scaled by eps(dtype) / eps(float32), and
 #   - the float64 reference with every input (and dy) perturbed by a relative eps(dtype) (3 draws),

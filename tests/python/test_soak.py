@@ -1,4 +1,4 @@
-"""Soak test: memory in use stays flat over tens of thousands of op calls (DESIGN.md 3.1, 6.1).
+"""Soak test: memory in use stays flat over tens of thousands of op calls (docs/design.md §3.1, 6.1).
 
 Each case (soak_cases.py) calls one op (linear, adapter, compute_g) forward-only under no_grad or
 forward+backward, at several shapes and thread counts, or an error path (a call that raises), 20,000

@@ -26,9 +26,11 @@ from .model import (  # noqa: E402
     load_adapter,
     merge_adapters,
     merge_and_unload,
+    model_type,
     neat_layers,
     print_trainable_parameters,
     save_adapter,
+    saved_modules,
     unload,
     unmerge_adapters,
 )
@@ -43,7 +45,7 @@ __all__ = [
     "compute_g",
     "linear",
     "lowrank_linear",
-    # models (config.py, layer.py, model.py); torch_neat.peft is imported on first use (needs peft)
+    # models (config.py, layer.py, merge.py, precision.py, model.py); torch_neat.peft is imported on first use (needs peft)
     "DEFAULT_TARGET_MODULES",
     "NeatConfig",
     "NeatLinear",
@@ -56,12 +58,14 @@ __all__ = [
     "load_adapter",
     "merge_adapters",
     "merge_and_unload",
+    "model_type",
     "neat_layers",
     "print_trainable_parameters",
     "save_adapter",
+    "saved_modules",
     "unload",
     "unmerge_adapters",
-    # serving: torch_neat.export_lora (imported on first use, like torch_neat.peft)
+    # serving: torch_neat.export_lora (export.py, lora.py, cli.py; imported on first use, like torch_neat.peft)
     "export_lora",
 ]
 

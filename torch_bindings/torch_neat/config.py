@@ -1,4 +1,4 @@
-"""``NeatConfig``: what to adapt and how (DESIGN.md section 3.2).
+"""``NeatConfig``: what to adapt and how (docs/design.md §3.2).
 
 Validation happens in ``__post_init__``, so a bad config fails when it is built, before any model is
 touched.
@@ -15,9 +15,11 @@ from typing import Any, Optional, Union
 
 from ._activations import canonical_activation
 
-__all__ = ["NeatConfig", "CONFIG_NAME"]
+__all__ = ["NeatConfig", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CONFIG_NAME = "neat_config.json"
+# the adapter's tensors; the same name as PEFT's, for torch-neat adapters and exported LoRA adapters alike
+WEIGHTS_NAME = "adapter_model.safetensors"
 _FORMAT = "torch-neat-adapter/1"
 
 

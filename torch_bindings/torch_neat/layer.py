@@ -1,16 +1,13 @@
-"""``NeatLinear``: a frozen ``nn.Linear`` plus a NEAT adapter, running on ``torch.ops.neat`` (DESIGN.md 1, 3.2).
+"""``NeatLinear``: a frozen ``nn.Linear`` plus a NEAT adapter, running on ``torch.ops.neat`` (docs/design.md §1, §3.2).
 
-Also holds the exact merge helpers shared with :mod:`torch_neat.peft`: merging adds ``s * B @ G`` into W
-in row blocks and records only the few elements where subtracting the same delta again would not give
-back W's exact bits, so unmerge restores W bit for bit without a second copy of W.
+The dtype policy lives in :mod:`torch_neat.precision`, the exact merge in :mod:`torch_neat.merge`.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,156 +16,17 @@ from torch import nn
 from . import ops as _ops
 from ._activations import canonical_activation
 from .config import validate_core
+from .merge import MergeRecord, merge_factors, unmerge_factors
+from .precision import compute_g, op_operands
+from .quantized import check_float_base
 
 __all__ = ["NeatLinear"]
 
 Tensor = torch.Tensor
 
-_HALF = (torch.float16, torch.bfloat16)
-_INT_VIEW = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}
-# Elements of the (rows, r, d_in) product formed per block while merging.
-_MERGE_BLOCK_ELEMENTS = 1 << 24
-
-
-# ---------------------------------------------------------------------------------------------
-# dtype handling shared with torch_neat.peft
-
-
-def kernel_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
-    """The dtype the kernels compute in for ``dtype`` on ``device``: half types run on CUDA only."""
-    if dtype in (torch.float32, torch.float64):
-        return dtype
-    if dtype in _HALF and device.type == "cuda":
-        return dtype
-    return torch.float32
-
-
-def op_operands(x: Tensor, weight: Tensor, bias: Optional[Tensor], adapter_dtype: torch.dtype):
-    """Casts ``x``, ``weight`` and ``bias`` to what the op accepts with adapters of ``adapter_dtype``.
-
-    Returns ``(x, weight, bias, compute_dtype)``; the caller casts the op's output back to ``x.dtype``.
-    Same dtype everywhere, or float32 adapters on half x and W on CUDA (DESIGN 4), pass untouched.
-    Anything else computes in the adapter's dtype, as PEFT does.
-    """
-    ct = kernel_dtype(x.device, adapter_dtype)
-    mixed_ok = x.device.type == "cuda" and ct == torch.float32 and x.dtype in _HALF and weight.dtype == x.dtype
-    if mixed_ok or (x.dtype == ct and weight.dtype == ct):
-        return x, weight, bias, ct
-    return x.to(ct), weight.to(ct), (bias.to(ct) if bias is not None else None), ct
-
-
-# ---------------------------------------------------------------------------------------------
-# Exact merge / unmerge
-
-
-def _bits(t: Tensor) -> Tensor:
-    return t.view(_INT_VIEW[t.element_size()])
-
-
-@dataclass
-class MergeRecord:
-    """What unmerge needs: the factors of the delta and the elements the subtraction would get wrong."""
-
-    B: Tensor  # (d_out, R) scale folded in
-    G: Tensor  # (R, d_in)
-    index: Tensor  # (k,) flat row-major indices into W, int32 when they fit
-    values: Tensor  # (k,) original W values there
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.B, self.G, self.index, self.values))
-
-
-def _delta_rows(B: Tensor, G: Tensor, r0: int, r1: int, dtype: torch.dtype) -> Tensor:
-    # Deterministic for given shapes (an elementwise product and a fixed-order reduction, no BLAS
-    # kernel choice involved), so unmerge recomputes exactly the delta merge added.
-    return (B[r0:r1, :, None] * G[None, :, :]).sum(dim=1).to(dtype)
-
-
-def _block_rows(d_in: int, R: int) -> int:
-    return max(1, _MERGE_BLOCK_ELEMENTS // max(1, d_in * R))
-
-
-@torch.no_grad()
-def merge_factors(weight: Tensor, B: Tensor, G: Tensor, *, exact: bool = True, safe: bool = False) -> Optional[MergeRecord]:
-    """Adds ``B @ G`` (B: (d_out, R) with the scale folded in, G: (R, d_in)) into ``weight`` in place.
-
-    With ``exact`` returns the :class:`MergeRecord` that :func:`unmerge_factors` needs to restore the
-    weight bit for bit. With ``safe`` checks every merged value is finite before writing anything.
-    """
-    d_out, d_in = weight.shape
-    step = _block_rows(d_in, B.shape[1])
-    if safe:
-        for r0 in range(0, d_out, step):
-            r1 = min(d_out, r0 + step)
-            if not torch.isfinite(weight[r0:r1] + _delta_rows(B, G, r0, r1, weight.dtype)).all():
-                raise ValueError("merge: the merged weight would contain inf or NaN; the adapter seems broken")
-    index_dtype = torch.int32 if d_out * d_in < 2**31 else torch.int64
-    index, vals = [], []
-    for r0 in range(0, d_out, step):
-        r1 = min(d_out, r0 + step)
-        block = weight[r0:r1]
-        delta = _delta_rows(B, G, r0, r1, weight.dtype)
-        new = block + delta
-        if exact:
-            bad = (_bits(new - delta) != _bits(block)).nonzero()
-            if bad.numel():
-                index.append(((bad[:, 0] + r0) * d_in + bad[:, 1]).to(index_dtype))
-                vals.append(block[bad[:, 0], bad[:, 1]].clone())
-        block.copy_(new)
-    if not exact:
-        return None
-    return MergeRecord(
-        B=B,
-        G=G,
-        index=torch.cat(index) if index else torch.empty(0, dtype=index_dtype, device=weight.device),
-        values=torch.cat(vals) if vals else weight.new_empty(0),
-    )
-
-
-@torch.no_grad()
-def unmerge_factors(weight: Tensor, rec: MergeRecord) -> None:
-    """Undoes :func:`merge_factors` exactly."""
-    d_out, d_in = weight.shape
-    step = _block_rows(d_in, rec.B.shape[1])
-    for r0 in range(0, d_out, step):
-        r1 = min(d_out, r0 + step)
-        weight[r0:r1].sub_(_delta_rows(rec.B, rec.G, r0, r1, weight.dtype))
-    if rec.index.numel():
-        index = rec.index.long()
-        weight[index // d_in, index % d_in] = rec.values
-
-
-@torch.no_grad()
-def unmerged_copy(weight: Tensor, rec: MergeRecord) -> Tensor:
-    """A copy of ``weight`` with the merge ``rec`` describes undone (the weight itself is left merged)."""
-    original = weight.detach().clone()
-    unmerge_factors(original, rec)
-    return original
-
-
-def compute_g(weight: Tensor, A: Tensor, hidden: Sequence[Tensor], activation: str) -> Tensor:
-    """G (r, d_in) from the kernels, in the adapter's compute dtype, never part of an autograd graph.
-
-    Never under autocast: G feeds merges and the eval cache, so it comes from the weight as stored,
-    not from a copy rounded to the autocast dtype.
-    """
-    ct = kernel_dtype(A.device, A.dtype)
-    with torch.no_grad():
-        if torch.is_inference_mode_enabled():
-            # a G made here may later meet tensors that need grad; make it a normal tensor
-            with torch.inference_mode(False):
-                return compute_g(weight, A, hidden, activation)
-        if _ops.autocast_enabled(A):
-            with torch.autocast(A.device.type, enabled=False):
-                return compute_g(weight, A, hidden, activation)
-        return _ops.compute_g(weight.to(ct), A.to(ct), [h.to(ct) for h in hidden], activation)
-
-
-# ---------------------------------------------------------------------------------------------
-
 
 class NeatLinear(nn.Module):
-    """A frozen ``nn.Linear`` adapted by NEAT: ``y = x W^T + b + scale * (x G^T) B^T`` (DESIGN.md 1).
+    """A frozen ``nn.Linear`` adapted by NEAT: ``y = x W^T + b + scale * (x G^T) B^T`` (docs/design.md §1).
 
     Args:
         base_layer: the ``nn.Linear`` to adapt; it is kept (not copied) as ``self.base_layer`` and frozen.
@@ -206,6 +64,7 @@ class NeatLinear(nn.Module):
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"NeatLinear: base_layer must be an nn.Linear; got {type(base_layer).__name__}")
+        check_float_base(base_layer, "NeatLinear: base_layer")
         validate_core("NeatLinear", r, depth, activation, scale)
         self.base_layer = base_layer
         base_layer.requires_grad_(False)
@@ -251,6 +110,20 @@ class NeatLinear(nn.Module):
     @property
     def hidden(self) -> list[Tensor]:
         return list(self.neat_hidden)
+
+    @property
+    def kernel_activation(self) -> str:
+        """The activation's name as the kernels know it (aliases resolved)."""
+        return self._act
+
+    @property
+    def merge_record(self) -> Optional[MergeRecord]:
+        """What :meth:`unmerge` needs while merged exactly (None when unmerged or merged with exact=False)."""
+        return self._merge_record
+
+    def drop_merge_record(self) -> None:
+        """Forgets how to unmerge (the layer stays as it is); merge-and-unload's last step."""
+        self._merge_record = None
 
     def extra_repr(self) -> str:
         state = "merged" if self.merged else ("disabled" if self.disabled else "active")

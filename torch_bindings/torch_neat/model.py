@@ -1,5 +1,8 @@
 """Patching models with NEAT without PEFT: find targets, swap in ``NeatLinear``, freeze the rest, save and
-load adapters (safetensors + JSON), merge, unload, enable and disable (DESIGN.md 3.2).
+load adapters (safetensors + JSON), merge, unload, enable and disable (docs/design.md §3.2).
+
+The one piece of state kept on the user's model is ``model.neat_config`` (as PEFT keeps ``peft_config``);
+everything else (the layers, the modules to save) is found from the model and that config.
 """
 
 from __future__ import annotations
@@ -12,14 +15,17 @@ from typing import Iterator, Optional, Union
 import torch
 from torch import nn
 
-from .config import CONFIG_NAME, NeatConfig
+from .config import WEIGHTS_NAME, NeatConfig
 from .layer import NeatLinear
+from .quantized import quantized_error, quantized_reason
 
 __all__ = [
     "DEFAULT_TARGET_MODULES",
     "WEIGHTS_NAME",
     "get_neat_model",
+    "model_type",
     "neat_layers",
+    "saved_modules",
     "count_trainable_parameters",
     "print_trainable_parameters",
     "adapter_state_dict",
@@ -33,8 +39,6 @@ __all__ = [
     "disable_adapters",
     "adapters_disabled",
 ]
-
-WEIGHTS_NAME = "adapter_model.safetensors"
 
 # Per-family default targets, keyed by transformers' ``config.model_type`` (the attention query and value
 # projections, as PEFT's LoRA / PEANuT defaults). Only families whose projections are ``nn.Linear``.
@@ -58,11 +62,12 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
 }
 
 
-def _model_type(model: nn.Module) -> Optional[str]:
+def model_type(model: nn.Module) -> Optional[str]:
+    """transformers' ``config.model_type`` of ``model`` or of its first submodule that has one, else None."""
     for module in (model, *model.modules()):
-        model_type = getattr(getattr(module, "config", None), "model_type", None)
-        if isinstance(model_type, str):
-            return model_type
+        found = getattr(getattr(module, "config", None), "model_type", None)
+        if isinstance(found, str):
+            return found
     return None
 
 
@@ -91,17 +96,17 @@ def _resolve_targets(model: nn.Module, config: NeatConfig) -> tuple[list[str], l
         raise ValueError("get_neat_model: the model already holds NEAT layers; unload() it before patching again")
     targets = config.target_modules
     if targets is None:
-        model_type = _model_type(model)
-        if model_type not in DEFAULT_TARGET_MODULES:
+        family = model_type(model)
+        if family not in DEFAULT_TARGET_MODULES:
             raise ValueError(
-                f"NeatConfig.target_modules is None and there is no default for model type {model_type!r}; "
+                f"NeatConfig.target_modules is None and there is no default for model type {family!r}; "
                 f"pass target_modules (families with defaults: {', '.join(sorted(DEFAULT_TARGET_MODULES))})"
             )
-        targets = DEFAULT_TARGET_MODULES[model_type]
+        targets = DEFAULT_TARGET_MODULES[family]
 
     modules = dict(model.named_modules())
     parents = {name: module for name, module in modules.items()}
-    chosen, wrong_type = [], []
+    chosen, wrong_type, quantized = [], [], []
     for name, module in modules.items():
         if not name or not _name_matches(name, targets) or _name_matches(name, config.exclude_modules):
             continue
@@ -109,8 +114,13 @@ def _resolve_targets(model: nn.Module, config: NeatConfig) -> tuple[list[str], l
         if not isinstance(module, nn.Linear) or isinstance(parent, nn.MultiheadAttention):
             # MultiheadAttention reads out_proj.weight directly, so wrapping out_proj would change nothing
             wrong_type.append(f"{name} ({type(module).__name__})")
+        elif (reason := quantized_reason(module)) is not None:
+            quantized.append(f"{name!r} {reason}")
         else:
             chosen.append(name)
+    if quantized:
+        shown = "; ".join(quantized[:3]) + (f"; and {len(quantized) - 3} more" if len(quantized) > 3 else "")
+        raise quantized_error(f"NeatConfig.target_modules {targets!r} matches quantized modules: {shown}")
     if wrong_type:
         shown = ", ".join(wrong_type[:5]) + (f" and {len(wrong_type) - 5} more" if len(wrong_type) > 5 else "")
         raise TypeError(
@@ -123,16 +133,33 @@ def _resolve_targets(model: nn.Module, config: NeatConfig) -> tuple[list[str], l
             f"module; this model's nn.Linear names include: {', '.join(linear_names[:20]) or 'none'}"
         )
 
+    return chosen, _modules_to_save(list(modules), config, chosen)
+
+
+def _modules_to_save(names: list[str], config: NeatConfig, targets: list[str]) -> list[str]:
     saved = []
     for entry in config.modules_to_save or []:
-        hits = [n for n in modules if n and _name_matches(n, [entry])]
+        hits = [n for n in names if n and _name_matches(n, [entry])]
         if not hits:
             raise ValueError(f"NeatConfig.modules_to_save entry {entry!r} matched no module")
-        clash = [n for n in hits if n in chosen]
+        clash = [n for n in hits if n in targets]
         if clash:
             raise ValueError(f"NeatConfig.modules_to_save entry {entry!r} is also a NEAT target: {clash}")
         saved.extend(h for h in hits if h not in saved)
-    return chosen, saved
+    return saved
+
+
+def saved_modules(model: nn.Module) -> list[str]:
+    """Names of the modules trained and saved with the adapter (``modules_to_save`` resolved); [] if none.
+
+    Resolved against the model as it was before patching: modules inside NEAT layers never count.
+    """
+    config = getattr(model, "neat_config", None)
+    if config is None or not config.modules_to_save:
+        return []
+    inner = tuple(name + "." for name, _ in neat_layers(model))
+    names = [n for n, _ in model.named_modules() if not n.startswith(inner)]
+    return _modules_to_save(names, config, [n for n, _ in neat_layers(model)])
 
 
 def get_neat_model(
@@ -163,7 +190,6 @@ def get_neat_model(
     for name in saved:
         model.get_submodule(name).requires_grad_(True)
     model.neat_config = config
-    model.neat_modules_to_save = saved
     if verbose:
         print_trainable_parameters(model)
     return model
@@ -196,7 +222,7 @@ def _require_patched(model: nn.Module, what: str) -> NeatConfig:
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter's tensors (NEAT parameters and modules to save) by their names in ``model``."""
     _require_patched(model, "adapter_state_dict")
-    saved = tuple(getattr(model, "neat_modules_to_save", ()))
+    saved = tuple(saved_modules(model))
     out = {}
     for layer_name, layer in neat_layers(model):
         for name, p in layer.named_parameters():
@@ -224,7 +250,7 @@ def save_adapter(model: nn.Module, path: Union[str, os.PathLike]) -> str:
     os.makedirs(path, exist_ok=True)
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in adapter_state_dict(model).items()}
     save_file(tensors, os.path.join(path, WEIGHTS_NAME), metadata={"format": "pt"})
-    config.save(path, base_model_type=_model_type(model), modules_to_save_resolved=list(model.neat_modules_to_save))
+    config.save(path, base_model_type=model_type(model), modules_to_save_resolved=saved_modules(model))
     return path
 
 
@@ -290,12 +316,11 @@ def _replace_layers(model: nn.Module, merge: bool, safe_merge: bool) -> nn.Modul
             layer.merge(safe_merge=safe_merge, exact=False)
         elif not merge and layer.merged:
             layer.unmerge()
-        layer._merge_record = None
+        layer.drop_merge_record()
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, layer.base_layer)
-    for attr in ("neat_config", "neat_modules_to_save"):
-        if hasattr(model, attr):
-            delattr(model, attr)
+    if hasattr(model, "neat_config"):
+        del model.neat_config
     return model
 
 

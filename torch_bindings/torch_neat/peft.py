@@ -47,9 +47,13 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from e
 
 from . import ops as _ops
-from .layer import compute_g, kernel_dtype, merge_factors, op_operands, unmerge_factors, unmerged_copy
+from .merge import MergeRecord, merge_factors, unmerge_factors, unmerged_copy
+from .precision import compute_g, kernel_dtype, op_operands
+from .quantized import check_float_base, quantized_error, quantized_reason
 
-__all__ = ["accelerate", "install", "uninstall", "is_installed", "NeatPeanutLinear", "SUPPORTED_ACTIVATIONS"]
+__all__ = [
+    "accelerate", "install", "uninstall", "is_installed", "merge_state", "NeatPeanutLinear", "SUPPORTED_ACTIVATIONS",
+]
 
 Tensor = torch.Tensor
 
@@ -102,9 +106,11 @@ def _cast_params(A: Tensor, B: Tensor, hidden: list[Tensor], dtype: torch.dtype)
 
 
 def _plain_linear(base: nn.Module) -> bool:
-    # The fused op replaces base(x) only when base is a hook-free nn.Linear.
+    # The fused op replaces base(x) only when base is a hook-free nn.Linear with a plain weight tensor.
     return (
         type(base) is nn.Linear
+        and type(base.weight) in (nn.Parameter, torch.Tensor)
+        and type(base.weight.data) is torch.Tensor
         and not base._forward_hooks
         and not base._forward_pre_hooks
         and not hasattr(base, "_hf_hook")
@@ -136,6 +142,8 @@ def _neat_forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
             if x.dtype == weight.dtype == ct == A.dtype or _ops.autocast_enabled(x):
                 return _ops.fused_linear(x, weight, base.bias, A, B, hidden, act, self.scaling[adapters[0]])
 
+    # reading quantized storage as W would be a silent wrong answer (PEFT's own PEANuT layer does that)
+    check_float_base(base, "torch_neat.peft: the PEANuT layer's base layer")
     result = self.base_layer(x, *args, **kwargs)
     for adapter in adapters:
         act = _kernel_act(self, adapter)
@@ -155,6 +163,7 @@ def _neat_forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
 
 def _neat_g_and_b(self, adapter: str, weight: Tensor) -> tuple[Tensor, Tensor]:
     """G (r, d_in) and scaling * B (d_out, r) of one adapter, from ``weight``; no autograd."""
+    check_float_base(self.get_base_layer(), "torch_neat.peft: the PEANuT layer's base layer")
     A, B, hidden = _factors(self, adapter)
     G = compute_g(weight, A, hidden, _kernel_act(self, adapter))
     with torch.no_grad():
@@ -179,7 +188,7 @@ def _neat_merge(self, safe_merge: bool = False, adapter_names: Optional[list[str
         for a in unsupported:
             _warn_fallback(self.act_fn[a])
         if record is not None:
-            self._neat_unmerge_silently()
+            _neat_unmerge_silently(self)
             names = [*self._neat_previously_merged, *[a for a in wanted if a not in self._neat_previously_merged]]
             return _ORIGINAL["merge"](self, safe_merge=safe_merge, adapter_names=names)
         return _ORIGINAL["merge"](self, safe_merge=safe_merge, adapter_names=adapter_names)
@@ -281,15 +290,10 @@ class NeatPeanutLinear(PeanutLinear):
     merge = _neat_merge
     unmerge = _neat_unmerge
     get_delta_weight = _neat_get_delta_weight
-    _neat_unmerge_silently = _neat_unmerge_silently
     __setstate__ = _neat_setstate
 
     def __repr__(self) -> str:
         return "neat." + super().__repr__()
-
-
-# install() also needs the helper on the PEFT class itself
-PeanutLinear._neat_unmerge_silently = _neat_unmerge_silently
 
 
 def _peanut_layers(model: nn.Module) -> list[PeanutLinear]:
@@ -316,6 +320,11 @@ def accelerate(peft_model: nn.Module) -> nn.Module:
         raise ValueError(
             "accelerate: the model has no PEFT PEANuT layer; build it with peft.get_peft_model(model, PeanutConfig(...))"
         )
+    quantized = [f"{name!r} {reason}" for name, m in peft_model.named_modules() if isinstance(m, PeanutLinear)
+                 and (reason := quantized_reason(m.get_base_layer())) is not None]
+    if quantized:
+        shown = "; ".join(quantized[:3]) + (f"; and {len(quantized) - 3} more" if len(quantized) > 3 else "")
+        raise quantized_error(f"accelerate: PEANuT layers over quantized base layers: {shown}")
     for layer in layers:
         if type(layer) is PeanutLinear:
             layer.__class__ = NeatPeanutLinear
@@ -350,6 +359,15 @@ def uninstall() -> None:
     if PeanutLinear.__dict__.get("__setstate__") is _neat_setstate:
         del PeanutLinear.__setstate__
     _hand_over_stranded_layers()
+
+
+def merge_state(layer: PeanutLinear) -> tuple[Optional[MergeRecord], Optional[Tensor]]:
+    """``(torch-neat's merge record, PEFT's copy of the original weight)`` of a PEANuT layer; each may be None.
+
+    A layer merged by torch-neat's code holds the record, one merged by PEFT's code holds the copy
+    (module docstring); :mod:`torch_neat.export_lora` rebuilds the original weight from either.
+    """
+    return layer.__dict__.get("_neat_merge_record"), getattr(layer, "_base_weight_before_merge", None)
 
 
 def is_installed() -> bool:

@@ -1,0 +1,140 @@
+"""Quantized frozen layers are refused with an error naming the module, its type and what is supported,
+before anything is changed (docs/design.md §5.2). bitsandbytes is pinned in tests/run.sh and runs on CPU."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import torch_neat
+
+bnb = pytest.importorskip("bitsandbytes", reason="tests/run.sh installs bitsandbytes==0.50.2")  # always there in CI
+
+SUPPORTED = "Supported: torch.nn.Linear with a float32"
+
+
+def _quiet(fn):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn()
+
+
+def nf4(d_in=64, d_out=48, quant_type="nf4", storage=torch.uint8):
+    lin = nn.Linear(d_in, d_out)
+    q = bnb.nn.Linear4bit(d_in, d_out, quant_type=quant_type, compute_dtype=torch.float32, quant_storage=storage)
+    q.weight = bnb.nn.Params4bit(lin.weight.data.clone(), requires_grad=False, quant_type=quant_type,
+                                 quant_storage=storage)
+    q.bias = nn.Parameter(lin.bias.data.clone())
+    return _quiet(lambda: q.to("cpu"))
+
+
+def int8(d_in=64, d_out=48):
+    lin = nn.Linear(d_in, d_out)
+    q = bnb.nn.Linear8bitLt(d_in, d_out, has_fp16_weights=False)
+    q.weight = bnb.nn.Int8Params(lin.weight.data.clone(), requires_grad=False, has_fp16_weights=False)
+    return _quiet(lambda: q.to("cpu"))
+
+
+QUANTIZED = {
+    "nf4": nf4,
+    "fp4": lambda: nf4(quant_type="fp4"),
+    "nf4-float32-storage": lambda: nf4(storage=torch.float32),  # packed codes in a float32 tensor
+    "int8": int8,
+    "int8-unquantized": lambda: bnb.nn.Linear8bitLt(64, 48, has_fp16_weights=False),  # quantizes on .to()
+}
+
+
+def _state(model):
+    return [(n, type(m), tuple((k, p.requires_grad) for k, p in m.named_parameters(recurse=False)))
+            for n, m in model.named_modules()]
+
+
+@pytest.mark.parametrize("kind", sorted(QUANTIZED))
+def test_get_neat_model_refuses_a_quantized_target_and_changes_nothing(kind):
+    q = QUANTIZED[kind]()
+    model = nn.Sequential(nn.Linear(64, 64), q)
+    assert isinstance(q, nn.Linear), "bnb layers subclass nn.Linear: the type check alone would let them through"
+    before = _state(model)
+    with pytest.raises(TypeError) as err:
+        torch_neat.get_neat_model(model, torch_neat.NeatConfig(r=4, target_modules=["0", "1"]))
+    msg = str(err.value)
+    assert "'1'" in msg and type(q).__name__ in msg and SUPPORTED in msg, msg
+    assert "'0'" not in msg.partition("matches quantized modules")[2], "the float layer is not quantized"
+    assert _state(model) == before, "the model was touched before the error"
+    assert not hasattr(model, "neat_config")
+
+
+@pytest.mark.parametrize("kind", sorted(QUANTIZED))
+def test_neat_linear_refuses_a_quantized_base(kind):
+    q = QUANTIZED[kind]()
+    with pytest.raises(TypeError, match=r"NeatLinear: base_layer is a quantized layer \(bitsandbytes\.") as err:
+        torch_neat.NeatLinear(q, r=4)
+    assert SUPPORTED in str(err.value)
+
+
+def test_an_integer_weight_is_refused_too():
+    lin = nn.Linear(8, 8)
+    lin.weight = nn.Parameter(torch.zeros(8, 8, dtype=torch.int8), requires_grad=False)
+    with pytest.raises(TypeError, match=r"'0' has a torch.int8 weight.*Supported"):
+        torch_neat.get_neat_model(nn.Sequential(lin), torch_neat.NeatConfig(r=2, target_modules=["0"]))
+
+
+def test_a_tensor_subclass_from_a_quantizing_package_is_refused():
+    # torchao's quantized weights are tensor subclasses on a plain nn.Linear; recognised by their package
+    Fake = type("AffineQuantizedTensor", (torch.Tensor,), {"__module__": "torchao.dtypes.affine_quantized_tensor"})
+    lin = nn.Linear(8, 8)
+    lin.weight = nn.Parameter(lin.weight.data.as_subclass(Fake), requires_grad=False)
+    with pytest.raises(TypeError, match=r"has a quantized weight \(torchao\.dtypes"):
+        torch_neat.NeatLinear(lin, r=2)
+
+
+def test_float_layers_still_pass_the_guard():
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        torch_neat.NeatLinear(nn.Linear(8, 8).to(dtype), r=2)
+
+
+# --- PEFT users: PEANuT over a quantized base ------------------------------------------------------------
+
+
+def _peanut(q):
+    from peft import PeanutConfig, get_peft_model
+
+    return _quiet(lambda: get_peft_model(nn.Sequential(q), PeanutConfig(r=4, target_modules=["0"])))
+
+
+@pytest.mark.parametrize("kind", ["nf4", "int8"])
+def test_accelerate_refuses_a_quantized_base_and_changes_nothing(kind):
+    import torch_neat.peft as neat_peft
+
+    model = _peanut(QUANTIZED[kind]())
+    classes = [type(m) for m in model.modules()]
+    with pytest.raises(TypeError, match=r"accelerate: PEANuT layers over quantized base layers: .*bitsandbytes.*Supported"):
+        neat_peft.accelerate(model)
+    assert [type(m) for m in model.modules()] == classes
+
+
+@pytest.mark.parametrize("kind", ["nf4", "int8"])
+def test_installed_bridge_refuses_a_quantized_base_at_forward_and_merge(kind):
+    import torch_neat.peft as neat_peft
+
+    model = _peanut(QUANTIZED[kind]())
+    layer = next(m for m in model.modules() if type(m).__name__ == "Linear" and hasattr(m, "peanut_A"))
+    neat_peft.install()
+    try:
+        with pytest.raises(TypeError, match=r"torch_neat.peft: the PEANuT layer's base layer is a quantized layer"):
+            model(torch.randn(3, 64))
+        with pytest.raises(TypeError, match="quantized"):
+            layer.merge()
+        assert not layer.merged
+    finally:
+        neat_peft.uninstall()
+
+
+def test_export_lora_refuses_a_peanut_model_on_a_quantized_base(tmp_path):
+    model = _peanut(QUANTIZED["int8"]())
+    with pytest.raises(TypeError, match=r"export_lora: PEANuT layer '0'.s base layer is a quantized layer"):
+        torch_neat.export_lora(model, tmp_path / "lora")
+    assert not (tmp_path / "lora").exists()
