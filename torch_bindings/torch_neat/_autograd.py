@@ -44,10 +44,12 @@ def backward_core(plan: Plan, grad, tensors: tuple, needs: tuple, activation: st
     """
     mask = _mask(plan, tensors, needs)
     outs = call(plan.backward_op, (grad, *tensors, activation, scale, mask))
-    return tuple(
-        (list(outs[i]) if i == plan.hidden_at else outs[i]) if mask[slot] else None
+    hidden_at = plan.hidden_at
+    # a list comprehension, not a generator: this runs once per layer per step on the fast path
+    return tuple([
+        (list(outs[i]) if i == hidden_at else outs[i]) if mask[slot] else None
         for i, slot in enumerate(plan.slots)
-    )
+    ])
 
 
 def call_through_dispatcher(op, args):

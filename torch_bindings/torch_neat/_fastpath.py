@@ -25,6 +25,10 @@ _LINEAR, _ADAPTER = PLANS["linear"], PLANS["adapter"]
 _linear_op = torch.ops.neat.linear.default
 _adapter_op = torch.ops.neat.adapter.default
 _lowrank_op = torch.ops.neat.lowrank_linear.default
+_below = _tc.below_autograd
+_any_autocast = _tc.any_autocast_enabled
+_functorch_active = _tc.functorch_active
+_compiling = torch.compiler.is_compiling
 
 
 def _plain(t) -> bool:
@@ -36,7 +40,7 @@ def _below_autograd_call(op, args: tuple):
         # create_graph=True: go through the registered op so that differentiating this backward
         # raises torch-neat's clear error instead of giving silent zeros
         return op(*args)
-    with _tc.below_autograd():
+    with _below():
         return op(*args)
 
 
@@ -47,7 +51,7 @@ class _FusedFn(torch.autograd.Function):
     # a signature (inspect), which alone cost about 50 us per call
     @staticmethod
     def forward(ctx, with_base, input, weight, bias, A, B, activation, scale, *hidden):
-        with _tc.below_autograd():
+        with _below():
             if with_base:
                 y = _linear_op(input, weight, bias, A, B, list(hidden), activation, scale)
             else:
@@ -79,18 +83,17 @@ class _FusedFn(torch.autograd.Function):
 
 def fast_ok(tensors) -> bool:
     """Whether the eager fast path may take these tensors (else the registered op does)."""
-    return not torch.compiler.is_compiling() and not _tc.functorch_active() and all(_plain(t) for t in tensors)
+    return not _compiling() and not _functorch_active() and all(_plain(t) for t in tensors)
 
 
-def _fused(with_base, input, weight, bias, A, B, hidden, activation, scale) -> Tensor:
-    if _tc.any_autocast_enabled():
-        # the casts of the ops' autocast kernels, recorded by autograd above the Function
-        dev = input.device.type
-        if dev in _tc.AUTOCAST_KEYS and torch.is_autocast_enabled(dev):
-            return _autocast.run(
-                dev, (input, weight, bias, A, B, hidden), True,
-                lambda x, w, b, A, B, h: _FusedFn.apply(with_base, x, w, b, A, B, activation, scale, *h),
-            )
+def _fused_autocast(with_base, input, weight, bias, A, B, hidden, activation, scale) -> Tensor:
+    # the casts of the ops' autocast kernels, recorded by autograd above the Function
+    dev = input.device.type
+    if dev in _tc.AUTOCAST_KEYS and torch.is_autocast_enabled(dev):
+        return _autocast.run(
+            dev, (input, weight, bias, A, B, hidden), True,
+            lambda x, w, b, A, B, h: _FusedFn.apply(with_base, x, w, b, A, B, activation, scale, *h),
+        )
     return _FusedFn.apply(with_base, input, weight, bias, A, B, activation, scale, *hidden)
 
 
@@ -102,14 +105,18 @@ def fused_linear(input, weight, bias, A, B, hidden: Sequence[Tensor], activation
     the fast path pays one C call for knowing it.
     """
     if fast_ok((input, weight, bias, A, B, *hidden)):
-        return _fused(True, input, weight, bias, A, B, hidden, activation, float(scale))
+        if _any_autocast():
+            return _fused_autocast(True, input, weight, bias, A, B, hidden, activation, float(scale))
+        return _FusedFn.apply(True, input, weight, bias, A, B, activation, float(scale), *hidden)
     return torch.ops.neat.linear(input, weight, bias, A, B, list(hidden), activation, float(scale))
 
 
 def fused_adapter(input, weight, A, B, hidden: Sequence[Tensor], activation: str, scale: float) -> Tensor:
     """``neat::adapter`` for the modules (see :func:`fused_linear`)."""
     if fast_ok((input, weight, A, B, *hidden)):
-        return _fused(False, input, weight, None, A, B, hidden, activation, float(scale))
+        if _any_autocast():
+            return _fused_autocast(False, input, weight, None, A, B, hidden, activation, float(scale))
+        return _FusedFn.apply(False, input, weight, None, A, B, activation, float(scale), *hidden)
     return torch.ops.neat.adapter(input, weight, A, B, list(hidden), activation, float(scale))
 
 
@@ -118,6 +125,6 @@ def lowrank_inference(input, weight, bias, G, B, scale: float) -> Tensor:
     gradient: below the autograd key in eager mode (the registered autograd kernel is Python and
     would cost more than a small layer's math), the registered op otherwise."""
     if fast_ok((input, weight, bias, G, B)):
-        with _tc.below_autograd():
+        with _below():
             return _lowrank_op(input, weight, bias, G, B, float(scale))
     return torch.ops.neat.lowrank_linear(input, weight, bias, G, B, float(scale))

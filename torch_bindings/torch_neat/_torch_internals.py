@@ -25,9 +25,9 @@ def exclude_keys(keys):
     return torch._C._ExcludeDispatchKeyGuard(keys)
 
 
-def below_autograd():
-    """Context manager: ops dispatch below the Autograd and ADInplaceOrView keys (as a kernel would)."""
-    return torch._C._AutoDispatchBelowADInplaceOrView()
+# Context manager: ops dispatch below the Autograd and ADInplaceOrView keys (as a kernel would). The
+# class itself, not a wrapper: the fast path enters it twice per step and a Python call costs there.
+below_autograd = torch._C._AutoDispatchBelowADInplaceOrView
 
 
 def registered_ops(namespace: str) -> tuple:
