@@ -17,14 +17,18 @@ Tensor = torch.Tensor
 # kind of output; each takes the op's arguments by name.
 
 
-def _check_common(input: Tensor, weight: Tensor, A: Tensor, B: Tensor, hidden: Optional[Sequence[Tensor]]) -> None:
-    hidden = hidden or ()
+def _check_input_weight(input: Tensor, weight: Tensor) -> None:
     torch._check(input.dim() >= 1, lambda: "neat: input must have at least one dimension (..., d_in)")
     torch._check(weight.dim() == 2, lambda: f"neat: weight must be 2-D (d_out, d_in); got {tuple(weight.shape)}")
     torch._check(
         input.shape[-1] == weight.shape[1],
         lambda: f"neat: input's last dim must equal weight.shape[1]; got {tuple(input.shape)} and {tuple(weight.shape)}",
     )
+
+
+def _check_common(input: Tensor, weight: Tensor, A: Tensor, B: Tensor, hidden: Optional[Sequence[Tensor]]) -> None:
+    hidden = hidden or ()
+    _check_input_weight(input, weight)
     torch._check(A.dim() == 2 and A.shape[1] == weight.shape[0], lambda: f"neat: A must be (r, d_out); got {tuple(A.shape)}")
     torch._check(B.dim() == 2 and B.shape[0] == weight.shape[0], lambda: f"neat: B must be (d_out, r); got {tuple(B.shape)}")
     torch._check(len(hidden) % 2 == 0, lambda: f"neat: hidden must hold an even number of layers; got {len(hidden)}")
@@ -47,12 +51,7 @@ def _output_fake(a: dict) -> Tensor:
 
 def _lowrank_fake(a: dict) -> Tensor:
     input, weight, bias, G, B = a["input"], a["weight"], a["bias"], a["G"], a["B"]
-    torch._check(input.dim() >= 1, lambda: "neat: input must have at least one dimension (..., d_in)")
-    torch._check(weight.dim() == 2, lambda: f"neat: weight must be 2-D (d_out, d_in); got {tuple(weight.shape)}")
-    torch._check(
-        input.shape[-1] == weight.shape[1],
-        lambda: f"neat: input's last dim must equal weight.shape[1]; got {tuple(input.shape)} and {tuple(weight.shape)}",
-    )
+    _check_input_weight(input, weight)
     torch._check(G.dim() == 2 and G.shape[1] == weight.shape[1], lambda: f"neat: G must be (r, d_in); got {tuple(G.shape)}")
     torch._check(
         B.dim() == 2 and B.shape[0] == weight.shape[0] and B.shape[1] == G.shape[0],
