@@ -4,7 +4,9 @@
  */
 #include "qref.h"
 
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "util.h"
@@ -26,22 +28,28 @@ static int64_t cdiv(int64_t a, int64_t b)
     return (a + b - 1) / b;
 }
 
-static float *floats(gbuf *g, int64_t n, int side, uint64_t *rng, double lo, double hi)
+static void *alloc(gbuf *g, size_t bytes, int side)
 {
-    *g = guard_alloc((size_t)n * sizeof(float), side, GUARD_FLUSH);
-    float *p = g->p;
-    for (int64_t i = 0; i < n; i++) p[i] = (float)rng_uniform(rng, lo, hi);
-    return p;
+    *g = guard_alloc(bytes, side, GUARD_FLUSH);
+    return g->p;
 }
 
-static uint8_t *bytes(gbuf *g, int64_t n, int side, uint64_t *rng)
+/* The index of the table entry nearest v (the first of a tie). */
+static int nearest(const float *table, int n, double v)
 {
-    *g = guard_alloc((size_t)n, side, GUARD_FLUSH);
-    uint8_t *p = g->p;
-    for (int64_t i = 0; i < n; i++) p[i] = (uint8_t)(rng_next(rng) >> 56);
-    return p;
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (fabs(table[i] - v) < fabs(table[best] - v))
+            best = i;
+    return best;
 }
 
+/*
+ * The storage comes from quantizing a random W uniform in [-1, 1) the way bitsandbytes does
+ * (absmax per block or row, nearest code), so the dequantized W is distributed like the float
+ * tests' W (zero mean: uniformly random codes would give NF4's nonzero mean instead). Bytes no
+ * element reads (the odd last low nibble, int8 row padding) are random.
+ */
 void qref_make(qref *r, const qref_spec *s, neat_dtype dt, int64_t d_out, int64_t d_in,
                int side, uint64_t *rng)
 {
@@ -52,34 +60,72 @@ void qref_make(qref *r, const qref_spec *s, neat_dtype dt, int64_t d_out, int64_
     q->device = tb_device();
     q->d_out = d_out, q->d_in = d_in;
     int64_t n = d_out * d_in;
+    double *w = xmalloc((size_t)n * sizeof *w);
+    fill_random(rng, w, n, -1, 1);
     if (s->format == NEAT_QFMT_INT8_ROW) {
         q->row_stride = d_in + s->row_pad;
         int64_t extent = (d_out - 1) * q->row_stride + d_in;
-        r->data = guard_alloc((size_t)extent, side, GUARD_FLUSH);
-        int8_t *cb = r->data.p;
-        for (int64_t i = 0; i < extent; i++) /* bitsandbytes' codes are -127..127 */
-            cb[i] = (int8_t)((int64_t)(rng_next(rng) % 255) - 127);
-        q->data = cb;
-        q->scb = floats(&r->scb, d_out, side, rng, 0.5, 1.5);
+        int8_t *cb = alloc(&r->data, (size_t)extent, side);
+        float *scb = alloc(&r->scb, (size_t)d_out * sizeof(float), side);
+        for (int64_t i = 0; i < extent; i++) cb[i] = (int8_t)(rng_next(rng) >> 56);
+        for (int64_t i = 0; i < d_out; i++) {
+            double m = 0;
+            for (int64_t k = 0; k < d_in; k++) m = fmax(m, fabs(w[i * d_in + k]));
+            scb[i] = (float)(m > 0 ? m : 1);
+            for (int64_t k = 0; k < d_in; k++)
+                cb[i * q->row_stride + k] = (int8_t)lround(w[i * d_in + k] / scb[i] * 127);
+        }
+        q->data = cb, q->scb = scb;
+        free(w);
         return;
     }
     q->blocksize = s->blocksize;
-    q->data = bytes(&r->data, (n + 1) / 2, side, rng);
-    r->code = guard_alloc(16 * sizeof(float), side, GUARD_FLUSH);
-    memcpy(r->code.p, s->format == NEAT_QFMT_NF4 ? qref_nf4_code : qref_fp4_code,
-           16 * sizeof(float));
-    q->code = r->code.p;
+    float *code = alloc(&r->code, 16 * sizeof(float), side);
+    memcpy(code, s->format == NEAT_QFMT_NF4 ? qref_nf4_code : qref_fp4_code, 16 * sizeof(float));
+    q->code = code;
     int64_t nblocks = cdiv(n, s->blocksize);
-    if (!s->nested) {
-        q->absmax = floats(&r->absmax, nblocks, side, rng, 0.5, 1.5);
-        return;
+    float *amax = xmalloc((size_t)nblocks * sizeof *amax);
+    for (int64_t j = 0; j < nblocks; j++) {
+        double m = 0;
+        for (int64_t e = j * s->blocksize; e < n && e < (j + 1) * s->blocksize; e++)
+            m = fmax(m, fabs(w[e]));
+        amax[j] = (float)(m > 0 ? m : 1);
     }
-    q->nested = 1;
-    q->blocksize2 = s->blocksize2;
-    q->absmax_q = bytes(&r->absmax_q, nblocks, side, rng);
-    q->code2 = floats(&r->code2, 256, side, rng, -0.5, 0.5);
-    q->absmax2 = floats(&r->absmax2, cdiv(nblocks, s->blocksize2), side, rng, 0.5, 1.0);
-    q->offset = (float)rng_uniform(rng, 0.8, 1.2);
+    uint8_t *data = alloc(&r->data, (size_t)(n + 1) / 2, side);
+    for (int64_t i = 0; i < (n + 1) / 2; i++) /* the odd last low nibble stays random */
+        data[i] = (uint8_t)(rng_next(rng) >> 56);
+    for (int64_t e = 0; e < n; e++) {
+        int c = nearest(code, 16, w[e] / amax[e / s->blocksize]);
+        data[e / 2] = (uint8_t)(e % 2 == 0 ? (data[e / 2] & 15) | c << 4 : (data[e / 2] & 0xf0) | c);
+    }
+    q->data = data;
+    if (!s->nested) {
+        q->absmax = alloc(&r->absmax, (size_t)nblocks * sizeof(float), side);
+        memcpy((float *)q->absmax, amax, (size_t)nblocks * sizeof(float));
+    } else {
+        /* absmax less its mean, blockwise over blocksize2 on a 256-level table in [-1, 1] */
+        q->nested = 1;
+        q->blocksize2 = s->blocksize2;
+        double mean = 0;
+        for (int64_t j = 0; j < nblocks; j++) mean += amax[j];
+        q->offset = (float)(mean / (double)nblocks);
+        float *code2 = alloc(&r->code2, 256 * sizeof(float), side);
+        for (int i = 0; i < 256; i++) code2[i] = (float)(-1 + 2.0 * i / 255);
+        int64_t n2 = cdiv(nblocks, s->blocksize2);
+        float *absmax2 = alloc(&r->absmax2, (size_t)n2 * sizeof(float), side);
+        uint8_t *aq = alloc(&r->absmax_q, (size_t)nblocks, side);
+        for (int64_t g = 0; g < n2; g++) {
+            double m = 0;
+            for (int64_t j = g * s->blocksize2; j < nblocks && j < (g + 1) * s->blocksize2; j++)
+                m = fmax(m, fabs(amax[j] - q->offset));
+            absmax2[g] = (float)(m > 0 ? m : 1);
+        }
+        for (int64_t j = 0; j < nblocks; j++)
+            aq[j] = (uint8_t)nearest(code2, 256, (amax[j] - q->offset) / absmax2[j / s->blocksize2]);
+        q->code2 = code2, q->absmax2 = absmax2, q->absmax_q = aq;
+    }
+    free(amax);
+    free(w);
 }
 
 void qref_free(qref *r)
