@@ -28,7 +28,8 @@ static neat_qplan neat_qplan_of(neat_dtype dtype, const neat_qweight *q, int tra
     /* as wide as the budget allows (the GEMM packs A once per panel: its cost against the
      * multiply-adds falls as 1 / po), then evened out so the last panel is not a sliver, on a
      * multiple of 32 columns (the float32 register tile) */
-    int64_t pmax = NEAT_QPANEL_ELEMS / p.pk;
+    int64_t es = dtype == NEAT_FLOAT64 ? (int64_t)sizeof(double) : (int64_t)sizeof(float);
+    int64_t pmax = NEAT_QPANEL_BYTES / es / p.pk;
     pmax = pmax < 32 ? 32 : pmax;
     p.no = neat_qcdiv(p.nout, pmax);
     p.po = neat_qcdiv(neat_qcdiv(p.nout, p.no), 32) * 32;

@@ -19,9 +19,11 @@
 #include "gemm.h"
 #include "neat.h"
 
-/* Most elements of one panel: 256 KiB of float32. */
-#ifndef NEAT_QPANEL_ELEMS
-#define NEAT_QPANEL_ELEMS (1 << 16)
+/* Most bytes of one panel. 1 MiB keeps a float32 panel 682 columns wide at the K slice of
+ * 384, where the GEMM's repacking of A per panel costs ~2% (bench_qgemm: 256 KiB panels, 170
+ * columns, made x W^T and dy W 1.2-1.4x the float GEMM on one thread; 1 MiB, 1.04-1.09x). */
+#ifndef NEAT_QPANEL_BYTES
+#define NEAT_QPANEL_BYTES (1 << 20)
 #endif
 
 /* Scratch of neat_qgemm for M rows of A, a second term of inner size K2 (0: none) and up to
