@@ -98,7 +98,8 @@ static neat_status neat_qarray(neat_check *c, unsigned field, const void *p, int
     if ((uintptr_t)p % esize)
         return NEAT_INVALID("%s: %s.%s at %p is not aligned to its %zu-byte elements", c->fn, q,
                             name, p, esize);
-    /* elems <= 2^41 here (every count derives from a 2^40-element W), so this cannot wrap */
+    /* cannot wrap: the 4-bit counts derive from a W of at most 2^40 elements, and CB's extent
+     * (1-byte elements) was checked against PTRDIFF_MAX */
     uintptr_t lo = (uintptr_t)p, bytes = (uintptr_t)elems * esize;
     if (bytes > (uintptr_t)PTRDIFF_MAX || bytes > UINTPTR_MAX - lo)
         return NEAT_INVALID("%s: %s.%s (%lld elements at %p) runs past the end of the address "

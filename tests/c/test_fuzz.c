@@ -63,8 +63,8 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
-/* Sized so the ASan+UBSan Debug build runs the default budget in about two minutes on two
- * cores; a Release build does the same cases in a few seconds. */
+/* Sized so the ASan+UBSan Debug build runs the default budget in about three minutes on two
+ * cores; a Release build does the same cases in half a minute. */
 #define FZ_DEFAULT_SEED 0x5EEDF00Dull
 #define FZ_DEFAULT_CASES 1000 /* about 800 with a float W, 200 quantized */
 /* Largest reference cost of a case, in multiply-adds: big enough for one GEMM of 2^23
