@@ -146,10 +146,13 @@ SPARSE_KEYS = ("SparseCPU", "SparseCUDA", "SparseCsrCPU", "SparseCsrCUDA")
 
 
 def _reject_sparse(op: str):
-    names = tuple(a.name for a in schema_args(op) if a.is_tensor)
+    # every argument's name by position (tensor or not), so that positions line up with the call's
+    names = tuple(a.name if a.is_tensor else None for a in schema_args(op))
 
     def kernel(*args, **kwargs):
         for name, value in zip(names, args):
+            if name is None:
+                continue
             values = value if isinstance(value, (list, tuple)) else [value]
             for v in values:
                 if isinstance(v, Tensor) and v.layout != torch.strided:
