@@ -5,11 +5,16 @@
  *   dB = s dy^T U,  U = x G^T
  *   linear:  dx = dy W + dU G,  dweight = dy^T x + A^T dZ_0,  dbias = sum_n dy
  *   adapter: dx = dU G,         dweight = A^T dZ_0
+ * With a quantized W (qw != NULL, quant.h) dweight is never requested (validation refuses it),
+ * the shared code runs on a data-less view of W's shape, and dy W goes over panels of W
+ * (qgemm.h).
  */
 #include "backend.h"
 #include "gemm.h"
 #include "gstack.h"
 #include "matrix.h"
+#include "qgemm.h"
+#include "quant.h"
 #include "workspace.h"
 
 typedef struct neat_bwd_plan {
@@ -23,7 +28,8 @@ typedef struct neat_bwd_plan {
 
 /* The one layout both the size query and the compute call use. */
 static size_t neat_bwd_layout(const neat_grads *grads, const neat_args *args,
-                              const neat_exec *exec, void *workspace, neat_bwd_plan *p)
+                              const neat_qweight *qw, const neat_exec *exec, void *workspace,
+                              neat_bwd_plan *p)
 {
     neat_dtype dt = args->weight->dtype;
     size_t es = dt == NEAT_FLOAT64 ? sizeof(double) : sizeof(float);
@@ -49,8 +55,9 @@ static size_t neat_bwd_layout(const neat_grads *grads, const neat_args *args,
     p->need_dU = p->want_dx || p->stack_backward;
     int need_G = p->want_dx || p->want_dB || p->stack_backward;
 
-    /* dx = dy W + dU G is one fused call (gemm.h, neat_gemm_ex) */
-    size_t gemm = neat_gemm_ex_scratch_bytes(dt, N, d_in, d_out, r, lanes);
+    /* dx = dy W + dU G is one fused call (gemm.h, neat_gemm_ex), or the panel loop's */
+    size_t gemm = qw ? neat_qgemm_scratch_bytes(dt, qw, 0, N, r, lanes)
+                     : neat_gemm_ex_scratch_bytes(dt, N, d_in, d_out, r, lanes);
     const int64_t shapes[6][3] = {
         {N, r, d_out},    /* dU = s dy B */
         {d_out, d_in, N}, /* dweight = dy^T x */
@@ -62,7 +69,7 @@ static size_t neat_bwd_layout(const neat_grads *grads, const neat_args *args,
     for (int i = 0; i < 6; i++)
         gemm = neat_size_max(gemm, neat_gemm_scratch_bytes_mnk(dt, shapes[i][0], shapes[i][1],
                                                                shapes[i][2], lanes));
-    size_t stack = need_G ? neat_gstack_scratch_bytes(args, p->stack_backward) : 0;
+    size_t stack = need_G ? neat_gstack_scratch_bytes(args, qw, p->stack_backward) : 0;
 
     neat_carver c = neat_carver_begin(workspace);
     p->G = need_G ? neat_carve(&c, (size_t)(r * d_in) * es) : NULL;
@@ -73,22 +80,38 @@ static size_t neat_bwd_layout(const neat_grads *grads, const neat_args *args,
     return c.used;
 }
 
-neat_status neat_cpu_backward_workspace_size(const neat_grads *grads, const neat_args *args,
-                                             int with_base, const neat_exec *exec, size_t *bytes)
+neat_status neat_cpu_qbackward_workspace_size(const neat_grads *grads, const neat_args *args,
+                                              const neat_qweight *qw, int with_base,
+                                              const neat_exec *exec, size_t *bytes)
 {
     neat_bwd_plan p;
     (void)with_base; /* one layout serves both: it sizes every product either one runs */
-    *bytes = neat_bwd_layout(grads, args, exec, NULL, &p);
+    neat_tensor shape;
+    neat_args a = *args;
+    if (qw)
+        shape = neat_qweight_shape(qw), a.weight = &shape;
+    *bytes = neat_bwd_layout(grads, &a, qw, exec, NULL, &p);
     return NEAT_OK;
 }
 
-neat_status neat_cpu_backward(const neat_grads *grads, const neat_tensor *dy,
-                              const neat_args *args, int with_base, void *workspace,
-                              size_t workspace_bytes, const neat_exec *exec)
+neat_status neat_cpu_backward_workspace_size(const neat_grads *grads, const neat_args *args,
+                                             int with_base, const neat_exec *exec, size_t *bytes)
+{
+    return neat_cpu_qbackward_workspace_size(grads, args, NULL, with_base, exec, bytes);
+}
+
+neat_status neat_cpu_qbackward(const neat_grads *grads, const neat_tensor *dy,
+                               const neat_args *args, const neat_qweight *qw, int with_base,
+                               void *workspace, size_t workspace_bytes, const neat_exec *exec)
 {
     (void)workspace_bytes; /* checked by dispatch against the same layout */
     neat_bwd_plan p;
-    neat_bwd_layout(grads, args, exec, workspace, &p);
+    neat_tensor shape;
+    neat_args a = *args;
+    if (qw)
+        shape = neat_qweight_shape(qw), a.weight = &shape;
+    args = &a;
+    neat_bwd_layout(grads, args, qw, exec, workspace, &p);
     const neat_tensor *x = args->x, *W = args->weight, *B = args->B;
     neat_dtype dt = W->dtype;
     int64_t N = p.N, d_in = p.d_in, d_out = p.d_out, r = p.r;
@@ -111,9 +134,9 @@ neat_status neat_cpu_backward(const neat_grads *grads, const neat_tensor *dy,
         for (int32_t i = 0; i < NEAT_MAX_HIDDEN; i++) out.dH[i] = p.dH[i];
         out.dweight = grads->dweight;
         out.dweight_accumulate = with_base;
-        neat_gstack_backward(args, p.dU, &out, p.scratch, exec);
+        neat_gstack_backward(args, qw, p.dU, &out, p.scratch, exec);
     } else if (p.G) {
-        neat_gstack_forward(args, p.G, d_in, 1, p.scratch, exec);
+        neat_gstack_forward(args, qw, p.G, d_in, 1, p.scratch, exec);
     }
     if (p.want_dB) { /* U = x G^T, dB = s dy^T U */
         const neat_tensor *dB = grads->dB;
@@ -126,9 +149,13 @@ neat_status neat_cpu_backward(const neat_grads *grads, const neat_tensor *dy,
         const neat_tensor *dx = grads->dx;
         if (with_base) {
             neat_gemm_extra ex = {r, 1.0, p.dU, r, 1, p.G, d_in, 1, NULL, 0, 0};
-            neat_gemm_ex(dt, N, d_in, d_out, 1.0, dy->data, dyrs, dycs, W->data, W->strides[0],
-                         W->strides[1], 0.0, dx->data, dx->strides[0], dx->strides[1], &ex,
-                         p.scratch, exec);
+            if (qw)
+                neat_qgemm(dt, qw, 0, N, dy->data, dyrs, dycs, dx->data, dx->strides[0],
+                           dx->strides[1], &ex, p.scratch, exec);
+            else
+                neat_gemm_ex(dt, N, d_in, d_out, 1.0, dy->data, dyrs, dycs, W->data,
+                             W->strides[0], W->strides[1], 0.0, dx->data, dx->strides[0],
+                             dx->strides[1], &ex, p.scratch, exec);
         } else {
             neat_gemm(dt, N, d_in, r, 1.0, p.dU, r, 1, p.G, d_in, 1, 0.0, dx->data,
                       dx->strides[0], dx->strides[1], p.scratch, exec);
@@ -138,4 +165,11 @@ neat_status neat_cpu_backward(const neat_grads *grads, const neat_tensor *dy,
         neat_mat_colsum(dt, N, d_out, dy->data, dyrs, dycs, grads->dbias->data,
                         grads->dbias->strides[0]);
     return NEAT_OK;
+}
+
+neat_status neat_cpu_backward(const neat_grads *grads, const neat_tensor *dy,
+                              const neat_args *args, int with_base, void *workspace,
+                              size_t workspace_bytes, const neat_exec *exec)
+{
+    return neat_cpu_qbackward(grads, dy, args, NULL, with_base, workspace, workspace_bytes, exec);
 }

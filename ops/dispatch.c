@@ -41,10 +41,17 @@ static const neat_backend neat_cuda_backend = {
 #endif
 
 /* The backend for a validated device, or NULL with the error set. */
-static const neat_backend *neat_backend_for(const neat_check *c)
+static const neat_backend *neat_backend_for(const neat_check *c, const neat_entry *e)
 {
     if (c->p.device.type == NEAT_DEVICE_CPU)
         return &neat_cpu_backend;
+    if (e->quantized) {
+        neat_set_error(NEAT_ERR_UNSUPPORTED,
+                       "%s: %s is on cuda:%d; quantized weights are computed on the CPU only so "
+                       "far (no CUDA kernel dequantizes them yet)",
+                       c->fn, neat_arg_name(c, NEAT_ARG_QWEIGHT), (int)c->p.device.index);
+        return NULL;
+    }
 #ifdef NEAT_WITH_CUDA
     return &neat_cuda_backend;
 #else
@@ -56,9 +63,44 @@ static const neat_backend *neat_backend_for(const neat_check *c)
 #endif
 }
 
+/* The CPU backend's quantized functions (device checked by neat_backend_for). */
+static neat_status neat_qbackend_size(const neat_entry *e, const neat_call *k,
+                                      const neat_exec *exec, size_t *bytes)
+{
+    const neat_qweight *q = k->qweight;
+    switch (e->op) {
+    case NEAT_OP_FORWARD:
+        return neat_cpu_qforward_workspace_size(k->args, q, e->with_base, exec, bytes);
+    case NEAT_OP_BACKWARD:
+        return neat_cpu_qbackward_workspace_size(k->grads, k->args, q, e->with_base, exec, bytes);
+    case NEAT_OP_COMPUTE_G: return neat_cpu_qcompute_g_workspace_size(k->args, q, exec, bytes);
+    case NEAT_OP_LOWRANK:
+        return neat_cpu_qlowrank_forward_workspace_size(k->lowrank, q, exec, bytes);
+    }
+    return neat_set_error(NEAT_ERR_INTERNAL, "%s: unknown op %d", e->fn, (int)e->op);
+}
+
+static neat_status neat_qbackend_run(const neat_entry *e, const neat_call *k, void *ws,
+                                     size_t ws_bytes, const neat_exec *exec)
+{
+    const neat_qweight *q = k->qweight;
+    switch (e->op) {
+    case NEAT_OP_FORWARD:
+        return neat_cpu_qforward(k->out, k->args, q, e->with_base, ws, ws_bytes, exec);
+    case NEAT_OP_BACKWARD:
+        return neat_cpu_qbackward(k->grads, k->dy, k->args, q, e->with_base, ws, ws_bytes, exec);
+    case NEAT_OP_COMPUTE_G: return neat_cpu_qcompute_g(k->out, k->args, q, ws, ws_bytes, exec);
+    case NEAT_OP_LOWRANK:
+        return neat_cpu_qlowrank_forward(k->out, k->lowrank, q, ws, ws_bytes, exec);
+    }
+    return neat_set_error(NEAT_ERR_INTERNAL, "%s: unknown op %d", e->fn, (int)e->op);
+}
+
 static neat_status neat_backend_size(const neat_backend *be, const neat_entry *e,
                                      const neat_call *k, const neat_exec *exec, size_t *bytes)
 {
+    if (e->quantized)
+        return neat_qbackend_size(e, k, exec, bytes);
     switch (e->op) {
     case NEAT_OP_FORWARD: return be->forward_workspace_size(k->args, e->with_base, exec, bytes);
     case NEAT_OP_BACKWARD:
@@ -73,6 +115,8 @@ static neat_status neat_backend_run(const neat_backend *be, const neat_entry *e,
                                     const neat_call *k, void *ws, size_t ws_bytes,
                                     const neat_exec *exec)
 {
+    if (e->quantized)
+        return neat_qbackend_run(e, k, ws, ws_bytes, exec);
     switch (e->op) {
     case NEAT_OP_FORWARD: return be->forward(k->out, k->args, e->with_base, ws, ws_bytes, exec);
     case NEAT_OP_BACKWARD:
@@ -97,7 +141,7 @@ static neat_status neat_run(const neat_entry *e, const neat_call *k, int query, 
         return neat_set_error(NEAT_ERR_INVALID_ARGUMENT, "%s: %s must not be NULL", c.fn,
                               query ? "bytes" : neat_arg_name(&c, e->needed));
     NEAT_TRY(neat_validate(&c, e, k, exec, query));
-    const neat_backend *be = neat_backend_for(&c);
+    const neat_backend *be = neat_backend_for(&c, e);
     if (!be)
         return NEAT_ERR_UNSUPPORTED;
     if (query)
@@ -208,4 +252,102 @@ neat_status neat_lowrank_forward(neat_tensor *y, const neat_lowrank_args *args, 
 {
     neat_call k = {.lowrank = args, .out = y};
     return neat_compute(&neat_lowrank_forward_entry, k, workspace, workspace_bytes, exec);
+}
+
+/* ---- the quantized entry points (ABI 5): the same, with qweight in the call ---- */
+
+neat_status neat_qlinear_forward_workspace_size(const neat_args *args,
+                                                const neat_qweight *qweight,
+                                                const neat_exec *exec, size_t *bytes)
+{
+    neat_call k = {.args = args, .qweight = qweight};
+    return neat_query(&neat_qlinear_forward_entry, k, exec, bytes);
+}
+
+neat_status neat_qlinear_forward(neat_tensor *y, const neat_args *args,
+                                 const neat_qweight *qweight, void *workspace,
+                                 size_t workspace_bytes, const neat_exec *exec)
+{
+    neat_call k = {.args = args, .out = y, .qweight = qweight};
+    return neat_compute(&neat_qlinear_forward_entry, k, workspace, workspace_bytes, exec);
+}
+
+neat_status neat_qlinear_backward_workspace_size(const neat_grads *grads, const neat_args *args,
+                                                 const neat_qweight *qweight,
+                                                 const neat_exec *exec, size_t *bytes)
+{
+    neat_call k = {.args = args, .grads = grads, .qweight = qweight};
+    return neat_query(&neat_qlinear_backward_entry, k, exec, bytes);
+}
+
+neat_status neat_qlinear_backward(const neat_grads *grads, const neat_tensor *dy,
+                                  const neat_args *args, const neat_qweight *qweight,
+                                  void *workspace, size_t workspace_bytes, const neat_exec *exec)
+{
+    neat_call k = {.args = args, .grads = grads, .dy = dy, .qweight = qweight};
+    return neat_compute(&neat_qlinear_backward_entry, k, workspace, workspace_bytes, exec);
+}
+
+neat_status neat_qadapter_forward_workspace_size(const neat_args *args,
+                                                 const neat_qweight *qweight,
+                                                 const neat_exec *exec, size_t *bytes)
+{
+    neat_call k = {.args = args, .qweight = qweight};
+    return neat_query(&neat_qadapter_forward_entry, k, exec, bytes);
+}
+
+neat_status neat_qadapter_forward(neat_tensor *y, const neat_args *args,
+                                  const neat_qweight *qweight, void *workspace,
+                                  size_t workspace_bytes, const neat_exec *exec)
+{
+    neat_call k = {.args = args, .out = y, .qweight = qweight};
+    return neat_compute(&neat_qadapter_forward_entry, k, workspace, workspace_bytes, exec);
+}
+
+neat_status neat_qadapter_backward_workspace_size(const neat_grads *grads,
+                                                  const neat_args *args,
+                                                  const neat_qweight *qweight,
+                                                  const neat_exec *exec, size_t *bytes)
+{
+    neat_call k = {.args = args, .grads = grads, .qweight = qweight};
+    return neat_query(&neat_qadapter_backward_entry, k, exec, bytes);
+}
+
+neat_status neat_qadapter_backward(const neat_grads *grads, const neat_tensor *dy,
+                                   const neat_args *args, const neat_qweight *qweight,
+                                   void *workspace, size_t workspace_bytes,
+                                   const neat_exec *exec)
+{
+    neat_call k = {.args = args, .grads = grads, .dy = dy, .qweight = qweight};
+    return neat_compute(&neat_qadapter_backward_entry, k, workspace, workspace_bytes, exec);
+}
+
+neat_status neat_qcompute_g_workspace_size(const neat_args *args, const neat_qweight *qweight,
+                                           const neat_exec *exec, size_t *bytes)
+{
+    neat_call k = {.args = args, .qweight = qweight};
+    return neat_query(&neat_qcompute_g_entry, k, exec, bytes);
+}
+
+neat_status neat_qcompute_g(neat_tensor *G, const neat_args *args, const neat_qweight *qweight,
+                            void *workspace, size_t workspace_bytes, const neat_exec *exec)
+{
+    neat_call k = {.args = args, .out = G, .qweight = qweight};
+    return neat_compute(&neat_qcompute_g_entry, k, workspace, workspace_bytes, exec);
+}
+
+neat_status neat_qlowrank_forward_workspace_size(const neat_lowrank_args *args,
+                                                 const neat_qweight *qweight,
+                                                 const neat_exec *exec, size_t *bytes)
+{
+    neat_call k = {.lowrank = args, .qweight = qweight};
+    return neat_query(&neat_qlowrank_forward_entry, k, exec, bytes);
+}
+
+neat_status neat_qlowrank_forward(neat_tensor *y, const neat_lowrank_args *args,
+                                  const neat_qweight *qweight, void *workspace,
+                                  size_t workspace_bytes, const neat_exec *exec)
+{
+    neat_call k = {.lowrank = args, .out = y, .qweight = qweight};
+    return neat_compute(&neat_qlowrank_forward_entry, k, workspace, workspace_bytes, exec);
 }

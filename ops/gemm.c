@@ -137,6 +137,11 @@ static const int64_t neat_f64_blocks[5] = {MR, NR, MC, KC, NC};
 #undef KC
 #undef NC
 
+int64_t neat_gemm_k_slice(neat_dtype dtype)
+{
+    return dtype == NEAT_FLOAT64 ? neat_f64_blocks[3] : neat_f32_blocks[3];
+}
+
 /* Scratch of one call with a fused second term of K2 (0: none) on its packed path. */
 static size_t neat_gemm_bytes_k2(neat_dtype dtype, int64_t M, int64_t N, int64_t K, int64_t K2,
                                  int32_t lanes)

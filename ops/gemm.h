@@ -52,6 +52,10 @@ size_t neat_gemm_scratch_bytes_mnk(neat_dtype dtype, int64_t M, int64_t N, int64
 size_t neat_gemm_ex_scratch_bytes(neat_dtype dtype, int64_t M, int64_t N, int64_t K, int64_t K2,
                                   int32_t lanes);
 
+/* The K slice of dtype's packed path (KC): the K span whose partial sum an output element adds
+ * to C in one step. Callers that split K themselves (ops/qgemm.c) cut it on these borders. */
+int64_t neat_gemm_k_slice(neat_dtype dtype);
+
 /* Lanes a call with this exec may use (>= 1). */
 int32_t neat_exec_lanes(const neat_exec *exec);
 

@@ -6,6 +6,7 @@
 #include "activation.h"
 #include "gemm.h"
 #include "matrix.h"
+#include "quant.h"
 #include "workspace.h"
 
 /* Most groups: enough to keep a machine's cores busy, few enough to keep partials small. */
@@ -18,6 +19,8 @@ typedef struct neat_gs_shape {
     size_t es;
     int64_t r, d_in, d_out, N, bs, nblocks;
     int32_t nh, k, groups;
+    const neat_qweight *qw; /* quantized W, or NULL */
+    int64_t qrows, qpanels; /* quantized: rows of W per panel, panels per block */
     size_t gemm_bytes;  /* serial GEMM scratch of one group */
     size_t group_bytes; /* everything one group carves */
 } neat_gs_shape;
@@ -30,6 +33,7 @@ typedef struct neat_gs_bufs {
     char *dZ;
     char *dA_part;
     char *dH_part[NEAT_MAX_HIDDEN];
+    char *panel; /* quantized: qrows x bs of W */
     void *gemm;
 } neat_gs_bufs;
 
@@ -45,10 +49,12 @@ static void neat_gs_carve(const neat_gs_shape *s, int backward, neat_carver *c, 
     b->dA_part = backward ? neat_carve(c, (size_t)(s->r * s->d_out) * s->es) : NULL;
     for (int32_t l = 0; l < s->nh; l++)
         b->dH_part[l] = backward ? neat_carve(c, (size_t)(s->r * s->r) * s->es) : NULL;
+    b->panel = s->qw ? neat_carve(c, (size_t)(s->qrows * s->bs) * s->es) : NULL;
     b->gemm = neat_carve(c, s->gemm_bytes);
 }
 
-static neat_gs_shape neat_gs_shape_of(const neat_args *args, int backward)
+static neat_gs_shape neat_gs_shape_of(const neat_args *args, const neat_qweight *qw,
+                                      int backward)
 {
     neat_gs_shape s;
     s.dtype = args->weight->dtype;
@@ -65,6 +71,9 @@ static neat_gs_shape neat_gs_shape_of(const neat_args *args, int backward)
     size_t partial = (size_t)(s.r * s.d_out + s.nh * s.r * s.r) * s.es;
     while (backward && g > 1 && (size_t)g * partial > NEAT_GSTACK_PARTIAL_BYTES) g--;
     s.groups = (int32_t)g;
+    s.qw = qw;
+    s.qrows = qw ? (s.d_out < NEAT_GSTACK_QROWS ? s.d_out : NEAT_GSTACK_QROWS) : 0;
+    s.qpanels = qw ? (s.d_out + s.qrows - 1) / s.qrows : 0;
 
     /* every GEMM shape a block runs, at both block widths that occur (full and last) */
     s.gemm_bytes = 0;
@@ -79,6 +88,15 @@ static neat_gs_shape neat_gs_shape_of(const neat_args *args, int backward)
             s.gemm_bytes = neat_size_max(
                 s.gemm_bytes,
                 neat_gemm_scratch_bytes_mnk(s.dtype, shapes[j][0], shapes[j][1], shapes[j][2], 1));
+        /* quantized: Z_0 and dA by row panels, full and last */
+        int64_t heights[2] = {s.qrows, s.d_out - (s.qpanels - 1) * s.qrows};
+        for (int h = 0; qw && h < 2; h++) {
+            s.gemm_bytes = neat_size_max(
+                s.gemm_bytes, neat_gemm_scratch_bytes_mnk(s.dtype, s.r, w, heights[h], 1));
+            if (backward)
+                s.gemm_bytes = neat_size_max(
+                    s.gemm_bytes, neat_gemm_scratch_bytes_mnk(s.dtype, s.r, heights[h], w, 1));
+        }
     }
     neat_carver c = neat_carver_begin(NULL);
     neat_gs_bufs b;
@@ -87,9 +105,9 @@ static neat_gs_shape neat_gs_shape_of(const neat_args *args, int backward)
     return s;
 }
 
-size_t neat_gstack_scratch_bytes(const neat_args *args, int backward)
+size_t neat_gstack_scratch_bytes(const neat_args *args, const neat_qweight *qw, int backward)
 {
-    neat_gs_shape s = neat_gs_shape_of(args, backward);
+    neat_gs_shape s = neat_gs_shape_of(args, qw, backward);
     return (size_t)s.groups * s.group_bytes + NEAT_ALIGN;
 }
 
@@ -118,9 +136,19 @@ static void neat_gs_block_forward(const neat_gs_job *job, const neat_gs_bufs *b,
     const neat_args *a = job->args;
     const neat_gs_shape *s = &job->s;
     const neat_tensor *W = a->weight, *A = a->A;
-    neat_gemm(s->dtype, s->r, w, s->d_out, 1.0, A->data, A->strides[0], A->strides[1],
-              neat_at(W, 0, c0, s->es), W->strides[0], W->strides[1], 0.0, b->Z[0], s->bs, 1,
-              b->gemm, NULL);
+    if (s->qw) { /* Z_0 = sum over row panels of A[:, rows] W[rows, blk] */
+        for (int64_t pi = 0; pi < s->qpanels; pi++) {
+            int64_t i0 = pi * s->qrows, h = s->d_out - i0 < s->qrows ? s->d_out - i0 : s->qrows;
+            neat_dequant_panel(s->qw, s->dtype, i0, h, c0, w, b->panel, s->bs);
+            neat_gemm(s->dtype, s->r, w, h, 1.0, neat_at(A, 0, i0, s->es), A->strides[0],
+                      A->strides[1], b->panel, s->bs, 1, pi ? 1.0 : 0.0, b->Z[0], s->bs, 1,
+                      b->gemm, NULL);
+        }
+    } else {
+        neat_gemm(s->dtype, s->r, w, s->d_out, 1.0, A->data, A->strides[0], A->strides[1],
+                  neat_at(W, 0, c0, s->es), W->strides[0], W->strides[1], 0.0, b->Z[0], s->bs,
+                  1, b->gemm, NULL);
+    }
     neat_act_forward(s->dtype, a->activation, s->r, w, b->Z[0], s->bs, NULL, 0, b->out[0],
                      s->bs);
     for (int32_t l = 1; l <= s->nh; l++) {
@@ -163,9 +191,20 @@ static void neat_gs_block_backward(const neat_gs_job *job, const neat_gs_bufs *b
     }
     neat_act_backward(s->dtype, a->activation, s->r, w, b->Z[0], s->bs, b->dout[0], s->bs,
                       b->dZ, s->bs);
-    if (o->dA) /* dA += dZ_0 W[:, blk]^T while the block of W is still in cache */
+    if (o->dA && s->qw) {
+        /* dA[:, rows] += dZ_0 W[rows, blk]^T; a single row panel still holds the block from
+         * the forward above */
+        for (int64_t pi = 0; pi < s->qpanels; pi++) {
+            int64_t i0 = pi * s->qrows, h = s->d_out - i0 < s->qrows ? s->d_out - i0 : s->qrows;
+            if (s->qpanels > 1)
+                neat_dequant_panel(s->qw, s->dtype, i0, h, c0, w, b->panel, s->bs);
+            neat_gemm(s->dtype, s->r, h, w, 1.0, b->dZ, s->bs, 1, b->panel, 1, s->bs, 1.0,
+                      b->dA_part + (size_t)i0 * s->es, s->d_out, 1, b->gemm, NULL);
+        }
+    } else if (o->dA) { /* dA += dZ_0 W[:, blk]^T while the block of W is still in cache */
         neat_gemm(s->dtype, s->r, s->d_out, w, 1.0, b->dZ, s->bs, 1, neat_at(W, 0, c0, s->es),
                   W->strides[1], W->strides[0], 1.0, b->dA_part, s->d_out, 1, b->gemm, NULL);
+    }
     if (o->dweight) { /* dweight[:, blk] (+)= A^T dZ_0; blocks are disjoint columns */
         const neat_tensor *dw = o->dweight;
         neat_gemm(s->dtype, s->d_out, w, s->r, 1.0, A->data, A->strides[1], A->strides[0],
@@ -215,23 +254,23 @@ static void neat_gs_run(neat_gs_job *job, const neat_exec *exec)
         neat_gs_groups(0, job->s.groups, job);
 }
 
-void neat_gstack_forward(const neat_args *args, void *G, int64_t g_rs, int64_t g_cs,
-                         void *scratch, const neat_exec *exec)
+void neat_gstack_forward(const neat_args *args, const neat_qweight *qw, void *G, int64_t g_rs,
+                         int64_t g_cs, void *scratch, const neat_exec *exec)
 {
     neat_gs_job job = {0};
     job.args = args;
-    job.s = neat_gs_shape_of(args, 0);
+    job.s = neat_gs_shape_of(args, qw, 0);
     job.scratch = neat_align_ptr(scratch);
     job.G = G, job.g_rs = g_rs, job.g_cs = g_cs;
     neat_gs_run(&job, exec);
 }
 
-void neat_gstack_backward(const neat_args *args, const void *dU, const neat_gstack_out *out,
-                          void *scratch, const neat_exec *exec)
+void neat_gstack_backward(const neat_args *args, const neat_qweight *qw, const void *dU,
+                          const neat_gstack_out *out, void *scratch, const neat_exec *exec)
 {
     neat_gs_job job = {0};
     job.args = args;
-    job.s = neat_gs_shape_of(args, 1);
+    job.s = neat_gs_shape_of(args, qw, 1);
     job.backward = 1;
     job.dU = dU;
     job.out = out;

@@ -9,6 +9,12 @@
  * Blocks are split into contiguous groups whose count depends only on the shapes; each group
  * keeps its own dA / dH partial sums, and the partials are reduced in group order afterwards,
  * so results are bit-identical for any thread count.
+ *
+ * With a quantized W (qw != NULL; args->weight is then a data-less view of its shape, quant.h)
+ * each group dequantizes W[:, blk] into a panel of its own, NEAT_GSTACK_QROWS rows at a time:
+ * Z_0 = A W[:, blk] accumulates over those row panels, and the backward's A-gradient
+ * dZ_0 W[:, blk]^T reuses the panel when one panel holds the whole block, else dequantizes
+ * each row panel again. dweight is never asked for with a quantized W (it is frozen).
  */
 #ifndef NEAT_GSTACK_H
 #define NEAT_GSTACK_H
@@ -27,15 +33,19 @@ typedef struct neat_gstack_out {
     int dweight_accumulate;
 } neat_gstack_out;
 
-/* Scratch for neat_gstack_forward (backward = 0) or neat_gstack_backward (backward = 1). */
-size_t neat_gstack_scratch_bytes(const neat_args *args, int backward);
+/* Rows of W in one group's panel (a block of NEAT_GSTACK_BS columns): 256 KiB of float32. */
+#define NEAT_GSTACK_QROWS 1024
+
+/* Scratch for neat_gstack_forward (backward = 0) or neat_gstack_backward (backward = 1); qw is
+ * the quantized W or NULL. */
+size_t neat_gstack_scratch_bytes(const neat_args *args, const neat_qweight *qw, int backward);
 
 /* G = stack(act(A W)); G is (r, d_in) with strides (g_rs, g_cs). args->x and args->B unused. */
-void neat_gstack_forward(const neat_args *args, void *G, int64_t g_rs, int64_t g_cs,
-                         void *scratch, const neat_exec *exec);
+void neat_gstack_forward(const neat_args *args, const neat_qweight *qw, void *G, int64_t g_rs,
+                         int64_t g_cs, void *scratch, const neat_exec *exec);
 
 /* With dU (N, r) contiguous: dG = dU^T x, back through the stack to dA, dH and A^T dZ_0. */
-void neat_gstack_backward(const neat_args *args, const void *dU, const neat_gstack_out *out,
-                          void *scratch, const neat_exec *exec);
+void neat_gstack_backward(const neat_args *args, const neat_qweight *qw, const void *dU,
+                          const neat_gstack_out *out, void *scratch, const neat_exec *exec);
 
 #endif /* NEAT_GSTACK_H */

@@ -56,7 +56,9 @@ typedef enum neat_row_kind {
     NEAT_ROW_NUM_HIDDEN, /* num_hidden in range, hidden given when it is not 0 */
     NEAT_ROW_ACTIVATION,
     NEAT_ROW_SCALE,
-    NEAT_ROW_GRADS /* the neat_grads struct itself */
+    NEAT_ROW_GRADS,  /* the neat_grads struct itself */
+    NEAT_ROW_QWEIGHT /* a neat_qweight: sets the base like weight (NEAT_SETS_BASE), then its
+                        format's fields (quant.c) */
 } neat_row_kind;
 
 /* Row flags. */
@@ -107,6 +109,7 @@ typedef struct neat_entry {
     int with_base;     /* backend.h's with_base */
     uint8_t needed;    /* the view a compute call cannot do without: y, dy or G */
     const neat_row *const *rows; /* in the order they are checked; NULL ends */
+    int quantized;     /* takes a neat_qweight (the neat_q* calls, CPU only) */
 } neat_entry;
 
 extern const neat_entry neat_linear_forward_entry;
@@ -115,5 +118,11 @@ extern const neat_entry neat_linear_backward_entry;
 extern const neat_entry neat_adapter_backward_entry;
 extern const neat_entry neat_compute_g_entry;
 extern const neat_entry neat_lowrank_forward_entry;
+extern const neat_entry neat_qlinear_forward_entry;
+extern const neat_entry neat_qadapter_forward_entry;
+extern const neat_entry neat_qlinear_backward_entry;
+extern const neat_entry neat_qadapter_backward_entry;
+extern const neat_entry neat_qcompute_g_entry;
+extern const neat_entry neat_qlowrank_forward_entry;
 
 #endif /* NEAT_OP_TABLE_H */

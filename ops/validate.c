@@ -9,6 +9,7 @@
 #include <stdio.h>
 
 #include "backend.h"
+#include "quant.h"
 
 #define NEAT_INVALID(...) neat_set_error(NEAT_ERR_INVALID_ARGUMENT, __VA_ARGS__)
 
@@ -20,7 +21,8 @@ static const char *const neat_c_names[NEAT_NO_ARG] = {
     [NEAT_ARG_NUM_HIDDEN] = "num_hidden", [NEAT_ARG_ACTIVATION] = "activation",
     [NEAT_ARG_SCALE] = "scale", [NEAT_ARG_DY] = "dy", [NEAT_ARG_Y] = "y", [NEAT_ARG_DX] = "dx",
     [NEAT_ARG_DWEIGHT] = "dweight", [NEAT_ARG_DBIAS] = "dbias", [NEAT_ARG_DA] = "dA",
-    [NEAT_ARG_DB] = "dB", [NEAT_ARG_DHIDDEN] = "dhidden", [NEAT_ARG_ADAPTER] = "the adapter",
+    [NEAT_ARG_DB] = "dB", [NEAT_ARG_DHIDDEN] = "dhidden", [NEAT_ARG_QWEIGHT] = "qweight",
+    [NEAT_ARG_ADAPTER] = "the adapter",
     [NEAT_ARG_GRADS] = "grads"};
 
 const char *neat_arg_name(const neat_check *c, unsigned arg)
@@ -32,7 +34,9 @@ const char *neat_arg_name(const neat_check *c, unsigned arg)
 void neat_key_name(const neat_check *c, unsigned key, char *buf, size_t n)
 {
     const char *name = neat_arg_name(c, key >> 8);
-    if ((key & 0xff) == 0)
+    if ((key >> 8) == NEAT_ARG_QWEIGHT)
+        snprintf(buf, n, "%s.%s", name, neat_qweight_field((key & 0xff) - 1));
+    else if ((key & 0xff) == 0)
         snprintf(buf, n, "%s", name);
     else
         snprintf(buf, n, "%s[%u]", name, (key & 0xff) - 1);
@@ -97,14 +101,14 @@ static neat_status neat_check_dtype(const neat_check *c, const neat_row *row, un
     if (p->device.type == NEAT_DEVICE_CPU)
         return NEAT_INVALID("%s: %s has dtype %s but %s has %s; on CPU every tensor of a call "
                             "must share one dtype (float32 or float64)",
-                            c->fn, name, got, neat_arg_name(c, NEAT_ARG_WEIGHT),
+                            c->fn, name, got, neat_arg_name(c, p->base_arg),
                             neat_dtype_name(p->dtype));
     if (role->param)
         return NEAT_INVALID("%s: %s has dtype %s but %s has %s; %s", c->fn, name, got,
                             neat_arg_name(c, p->param_arg), neat_dtype_name(p->param_dtype),
                             role->rule);
     return NEAT_INVALID("%s: %s has dtype %s but %s has %s; %s", c->fn, name, got,
-                        neat_arg_name(c, NEAT_ARG_WEIGHT), neat_dtype_name(p->dtype), role->rule);
+                        neat_arg_name(c, p->base_arg), neat_dtype_name(p->dtype), role->rule);
 }
 
 /* The dims a defining row binds must be >= 1 (no empty weight, no rank-0 adapter). */
@@ -131,6 +135,7 @@ static neat_status neat_set_base(neat_check *c, const neat_row *row, const neat_
     NEAT_TRY(neat_check_nonempty(c, row, W));
     c->p.device = W->device;
     c->p.dtype = W->dtype;
+    c->p.base_arg = row->arg;
     if (W->device.type == NEAT_DEVICE_CPU) {
         if (neat_is_half(W->dtype))
             return NEAT_INVALID("%s: %s has dtype %s; on CPU the dtypes are float32 and float64",
@@ -159,7 +164,7 @@ static neat_status neat_set_base(neat_check *c, const neat_row *row, const neat_
 static neat_status neat_set_param(neat_check *c, const neat_row *row, const neat_tensor *F)
 {
     const neat_problem *p = &c->p;
-    const char *name = neat_arg_name(c, row->arg), *weight = neat_arg_name(c, NEAT_ARG_WEIGHT);
+    const char *name = neat_arg_name(c, row->arg), *weight = neat_arg_name(c, p->base_arg);
     if (F->ndim == row->rank)
         NEAT_TRY(neat_check_nonempty(c, row, F));
     c->p.param_arg = row->arg;
@@ -245,7 +250,7 @@ static neat_status neat_check_view(neat_check *c, const neat_row *row, const nea
         return NEAT_INVALID("%s: %s is on %s:%d but %s is on %s:%d; all tensors of a call must "
                             "be on one device",
                             c->fn, name, neat_device_name(t->device.type), (int)t->device.index,
-                            neat_arg_name(c, NEAT_ARG_WEIGHT), neat_device_name(dev->type),
+                            neat_arg_name(c, c->p.base_arg), neat_device_name(dev->type),
                             (int)dev->index);
     }
     NEAT_TRY(neat_check_dtype(c, row, key, t));
@@ -261,11 +266,28 @@ static neat_status neat_check_view(neat_check *c, const neat_row *row, const nea
     return NEAT_OK;
 }
 
+/* A quantized W: its format, then the device, dtype and (d_out, d_in) exactly as a weight
+ * view sets them, the matrix limit, then the format's fields (quant.c). */
+static neat_status neat_check_qweight_row(neat_check *c, const neat_row *row,
+                                          const neat_qweight *q)
+{
+    if (!q)
+        return NEAT_INVALID("%s: %s must not be NULL", c->fn, neat_arg_name(c, row->arg));
+    NEAT_TRY(neat_check_qformat(c, q));
+    neat_tensor shape = neat_qweight_shape(q);
+    NEAT_TRY(neat_set_base(c, row, &shape));
+    for (int d = 0; d < row->rank; d++)
+        c->p.sym[NEAT_SYM_OF(row->dims[d])] = shape.sizes[d];
+    NEAT_TRY(neat_check_limits(c, row));
+    return neat_check_qweight_fields(c, q);
+}
+
 /* ---- the rows ---- */
 
 /* A call's arguments by neat_arg (a list: its first element), and its scalars. */
 typedef struct neat_gathered {
     const neat_tensor *t[NEAT_ARG_LAST + 1];
+    const neat_qweight *qweight;
     const neat_grads *grads;
     int32_t num_hidden;
     neat_activation activation;
@@ -277,6 +299,7 @@ static void neat_gather(const neat_entry *e, const neat_call *call, neat_gathere
     for (int i = 0; i <= NEAT_ARG_LAST; i++)
         g->t[i] = NULL;
     g->grads = call->grads;
+    g->qweight = call->qweight;
     g->num_hidden = 0;
     g->activation = NEAT_ACT_RELU;
     if (e->op == NEAT_OP_LOWRANK) {
@@ -339,6 +362,8 @@ static neat_status neat_check_row(neat_check *c, const neat_row *row, const neat
         return isfinite(g->scale) ? NEAT_OK
                                   : NEAT_INVALID("%s: %s must be finite; got %g", c->fn, name,
                                                  g->scale);
+    case NEAT_ROW_QWEIGHT:
+        return neat_check_qweight_row(c, row, g->qweight);
     case NEAT_ROW_GRADS:
         return g->grads ? NEAT_OK
                         : NEAT_INVALID("%s: %s must not be NULL (set its members to NULL "
@@ -419,6 +444,7 @@ void neat_check_begin(neat_check *c, const neat_entry *e, const neat_exec *exec,
     c->names = exec ? exec->names : NULL;
     c->fn = neat_message_prefix(exec, query ? e->query : e->fn);
     c->n_in = c->n_out = 0;
+    c->p.base_arg = NEAT_ARG_WEIGHT;
     for (int s = 0; s < NEAT_SYM_COUNT; s++)
         c->p.sym[s] = 0;
 }

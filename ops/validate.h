@@ -33,6 +33,7 @@ typedef struct neat_problem {
     neat_dtype dtype;       /* weight's */
     neat_dtype param_dtype; /* the adapter's: A's, or G's for neat_lowrank_forward */
     unsigned param_arg;     /* NEAT_ARG_A or NEAT_ARG_G */
+    unsigned base_arg;      /* what set the device and dtype: NEAT_ARG_WEIGHT or QWEIGHT */
     int64_t sym[NEAT_SYM_COUNT];
 } neat_problem;
 
@@ -49,9 +50,12 @@ typedef struct neat_span {
     unsigned key;
 } neat_span;
 
-/* Every tensor of a call at most: x, weight, bias, A or G, B, dy, y or G, five gradients, and
- * two lists of NEAT_MAX_HIDDEN. */
-#define NEAT_MAX_SPANS (NEAT_ARG_LAST + 1 + 2 * NEAT_MAX_HIDDEN)
+/* The arrays of a neat_qweight (quant.h's NEAT_QF_COUNT). */
+#define NEAT_QWEIGHT_SPANS 7
+
+/* Every tensor of a call at most: x, weight, bias, A or G, B, dy, y or G, five gradients, two
+ * lists of NEAT_MAX_HIDDEN and a qweight's arrays. */
+#define NEAT_MAX_SPANS (NEAT_ARG_LAST + 1 + 2 * NEAT_MAX_HIDDEN + NEAT_QWEIGHT_SPANS)
 
 /* One call being checked: how messages name it and, once checked, its problem and tensors. */
 typedef struct neat_check {
@@ -69,6 +73,7 @@ typedef struct neat_call {
     const neat_grads *grads;
     neat_tensor *out; /* y, or G for neat_compute_g */
     const neat_tensor *dy;
+    const neat_qweight *qweight; /* the neat_q* calls */
 } neat_call;
 
 /* Starts checking a call of e (its size query when query != 0); exec may be NULL. */
@@ -84,7 +89,8 @@ neat_status neat_validate_workspace(const neat_check *c, const void *workspace, 
 
 /* The name of arg (a neat_arg or op_table.h's extra ones) in c's messages. */
 const char *neat_arg_name(const neat_check *c, unsigned arg);
-/* The name of a key's tensor, "hidden[2]" for a list element. */
+/* The name of a key's tensor, "hidden[2]" for a list element, "qweight.absmax" for an array of
+ * a qweight. */
 void neat_key_name(const neat_check *c, unsigned key, char *buf, size_t n);
 
 /* ---- views (view.c) ---- */

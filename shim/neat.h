@@ -55,8 +55,10 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct layout or a function signature below changes. */
-#define NEAT_ABI_VERSION 4 /* 2: neat_exec.allow_tf32; 3: neat_exec.names (neat_names);
-                             4: neat_exec.gemm, gemm_user (a host GEMM provider) */
+#define NEAT_ABI_VERSION 5 /* 2: neat_exec.allow_tf32; 3: neat_exec.names (neat_names);
+                             4: neat_exec.gemm, gemm_user (a host GEMM provider);
+                             5: quantized frozen weights (neat_qweight, the neat_q* calls),
+                                NEAT_ARG_QWEIGHT */
 
 /* Most dims a view may have; the kernels themselves read rank 1 and 2 views. */
 #define NEAT_MAX_DIMS 8
@@ -189,9 +191,10 @@ typedef enum neat_arg {
     NEAT_ARG_DBIAS = 14,
     NEAT_ARG_DA = 15,
     NEAT_ARG_DB = 16,
-    NEAT_ARG_DHIDDEN = 17 /* the list, as hidden */
+    NEAT_ARG_DHIDDEN = 17, /* the list, as hidden */
+    NEAT_ARG_QWEIGHT = 18  /* ABI 5; its fields are named "<name>.<field>" */
 } neat_arg;
-#define NEAT_ARG_LAST NEAT_ARG_DHIDDEN
+#define NEAT_ARG_LAST NEAT_ARG_QWEIGHT
 
 /* Room in neat_names.arg for arguments appended later, so that adding one keeps the layout. */
 #define NEAT_NAMES_CAPACITY 32
@@ -319,6 +322,104 @@ NEAT_API neat_status neat_lowrank_forward_workspace_size(const neat_lowrank_args
 NEAT_API neat_status neat_lowrank_forward(neat_tensor *y, const neat_lowrank_args *args,
                                           void *workspace, size_t workspace_bytes,
                                           const neat_exec *exec);
+
+/*
+ * ---- quantized frozen weights (ABI 5) ----
+ *
+ * The same calls with W given in a bitsandbytes quantized format instead of as a float view.
+ * W is never formed: every product that needs it (x W^T, dy W, A W, dZ_0 W^T) turns one panel of
+ * W at a time back into floats in the workspace, so the size queries count one panel (and one
+ * per G-stack group), never anything the size of W (docs/design.md §5.2). Each neat_q* call
+ * takes the arguments of its float twin plus qweight; args->weight (or args->weight of
+ * neat_lowrank_args) must be NULL. A quantized weight is frozen: grads->dweight must be NULL.
+ * CPU only for now: a qweight on CUDA gives NEAT_ERR_UNSUPPORTED. The dequantized values are
+ * float32 products, exactly as bitsandbytes forms them, widened to double in float64 calls.
+ */
+typedef enum neat_qformat {
+    /* 0 is no format, so that a zeroed descriptor fails on its format */
+    NEAT_QFMT_NF4 = 1,     /* bitsandbytes Linear4bit, quant_type "nf4" */
+    NEAT_QFMT_FP4 = 2,     /* quant_type "fp4": the NF4 layout with another code table */
+    NEAT_QFMT_INT8_ROW = 3 /* Linear8bitLt (LLM.int8) with has_fp16_weights=False */
+} neat_qformat;
+
+/*
+ * A quantized W (d_out, d_in). Unused fields must be zero / NULL (a set field that the format
+ * does not read is refused, so that a half-filled descriptor is never misread).
+ *
+ * NEAT_QFMT_NF4, NEAT_QFMT_FP4: W flattened row-major, element e = i * d_in + k has a 4-bit code,
+ *   two per byte of data, the high nibble first (element 2j is data[j] >> 4, element 2j + 1 is
+ *   data[j] & 15; an odd d_out * d_in leaves the last low nibble unused), and
+ *     W[e] = code[c_e] * absmax[e / blocksize]                   (float32 multiply)
+ *   over nblocks = ceil(d_out * d_in / blocksize) blocks (the last one may be short). With
+ *   nested = 1 (bitsandbytes' compress_statistics=True) absmax is itself quantized:
+ *     absmax[j] = code2[absmax_q[j]] * absmax2[j / blocksize2] + offset   (float32)
+ * NEAT_QFMT_INT8_ROW: data is CB, int8, d_out rows of d_in at row_stride elements apart, and
+ *     W[i, k] = (CB[i, k] * scb[i]) * 7.874015718698502e-3f
+ *   (float32; the constant is 1/127 rounded to float32, the factor bitsandbytes multiplies by).
+ */
+typedef struct neat_qweight {
+    neat_qformat format;
+    neat_dtype dtype;   /* the compute dtype (what W dequantizes to): every tensor of the call
+                           has it; float32 or float64 on CPU */
+    neat_device device; /* where every array below lives */
+    int64_t d_out, d_in;
+    const void *data;   /* 4-bit: ceil(d_out * d_in / 2) bytes; int8: CB */
+    /* NEAT_QFMT_NF4 / NEAT_QFMT_FP4 */
+    int64_t blocksize;  /* a power of two >= 16 (bitsandbytes: 64 .. 4096) */
+    const float *code;  /* 16 values: the NF4 or FP4 table (the caller's, e.g. quant_state.code) */
+    const float *absmax;       /* nblocks values; NULL when nested */
+    int32_t nested;            /* 0 or 1 */
+    const uint8_t *absmax_q;   /* nested: nblocks codes */
+    const float *code2;        /* nested: 256 values */
+    const float *absmax2;      /* nested: ceil(nblocks / blocksize2) values */
+    int64_t blocksize2;        /* nested: a power of two >= 16 (bitsandbytes: 256) */
+    float offset;              /* nested: finite */
+    /* NEAT_QFMT_INT8_ROW */
+    int64_t row_stride;        /* >= d_in */
+    const float *scb;          /* d_out values */
+} neat_qweight;
+
+NEAT_API neat_status neat_qlinear_forward_workspace_size(const neat_args *args,
+                                                         const neat_qweight *qweight,
+                                                         const neat_exec *exec, size_t *bytes);
+NEAT_API neat_status neat_qlinear_forward(neat_tensor *y, const neat_args *args,
+                                          const neat_qweight *qweight, void *workspace,
+                                          size_t workspace_bytes, const neat_exec *exec);
+NEAT_API neat_status neat_qlinear_backward_workspace_size(const neat_grads *grads,
+                                                          const neat_args *args,
+                                                          const neat_qweight *qweight,
+                                                          const neat_exec *exec, size_t *bytes);
+NEAT_API neat_status neat_qlinear_backward(const neat_grads *grads, const neat_tensor *dy,
+                                           const neat_args *args, const neat_qweight *qweight,
+                                           void *workspace, size_t workspace_bytes,
+                                           const neat_exec *exec);
+NEAT_API neat_status neat_qadapter_forward_workspace_size(const neat_args *args,
+                                                          const neat_qweight *qweight,
+                                                          const neat_exec *exec, size_t *bytes);
+NEAT_API neat_status neat_qadapter_forward(neat_tensor *y, const neat_args *args,
+                                           const neat_qweight *qweight, void *workspace,
+                                           size_t workspace_bytes, const neat_exec *exec);
+NEAT_API neat_status neat_qadapter_backward_workspace_size(const neat_grads *grads,
+                                                           const neat_args *args,
+                                                           const neat_qweight *qweight,
+                                                           const neat_exec *exec,
+                                                           size_t *bytes);
+NEAT_API neat_status neat_qadapter_backward(const neat_grads *grads, const neat_tensor *dy,
+                                            const neat_args *args, const neat_qweight *qweight,
+                                            void *workspace, size_t workspace_bytes,
+                                            const neat_exec *exec);
+NEAT_API neat_status neat_qcompute_g_workspace_size(const neat_args *args,
+                                                    const neat_qweight *qweight,
+                                                    const neat_exec *exec, size_t *bytes);
+NEAT_API neat_status neat_qcompute_g(neat_tensor *G, const neat_args *args,
+                                     const neat_qweight *qweight, void *workspace,
+                                     size_t workspace_bytes, const neat_exec *exec);
+NEAT_API neat_status neat_qlowrank_forward_workspace_size(const neat_lowrank_args *args,
+                                                          const neat_qweight *qweight,
+                                                          const neat_exec *exec, size_t *bytes);
+NEAT_API neat_status neat_qlowrank_forward(neat_tensor *y, const neat_lowrank_args *args,
+                                           const neat_qweight *qweight, void *workspace,
+                                           size_t workspace_bytes, const neat_exec *exec);
 
 #ifdef __cplusplus
 }

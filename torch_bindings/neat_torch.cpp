@@ -6,6 +6,7 @@
 // binary loads in every torch >= 2.10.
 #include "neat_torch_common.h"
 #include "neat_torch_gemm.h"
+#include "neat_torch_quant.h"
 
 #include <string>
 
@@ -114,6 +115,58 @@ static Tensor lowrank_linear_cpu(Tensor input, Tensor weight, std::optional<Tens
   });
 }
 
+// ---- quantized frozen weights: qweight / qmeta / qoffset as neat_torch_quant.h describes ----
+
+using QArrays = std::vector<Tensor>;
+using QMeta = std::vector<int64_t>;
+
+static Tensor qlinear_cpu(Tensor input, QArrays qweight, QMeta qmeta, double qoffset,
+                          std::optional<Tensor> bias, Tensor A, Tensor B,
+                          std::optional<std::vector<Tensor>> hidden, neat_torch::ActivationArg activation,
+                          double scale) {
+  const char *op = "neat::qlinear";
+  const neat_qweight q = neat_torch::qweight_of(op, qweight, qmeta, qoffset, input);
+  return on_cpu(op, [&](const neat_exec &exec) {
+    return neat_torch::forward(op, input, nullptr, &q, bias, A, B,
+                               hidden.value_or(neat_torch::TensorList{}), activation, scale,
+                               /*with_base=*/true, exec);
+  });
+}
+
+// (dx, dbias, dA, dB, dhidden): a quantized weight gets no gradient, so output_mask[1] is False.
+static std::tuple<Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> qlinear_backward_cpu(
+    Tensor grad_out, Tensor input, QArrays qweight, QMeta qmeta, double qoffset,
+    std::optional<Tensor> bias, Tensor A, Tensor B, std::vector<Tensor> hidden,
+    neat_torch::ActivationArg activation, double scale, std::vector<bool> output_mask) {
+  const char *op = "neat::qlinear_backward";
+  const neat_qweight q = neat_torch::qweight_of(op, qweight, qmeta, qoffset, input);
+  auto r = on_cpu(op, [&](const neat_exec &exec) {
+    return neat_torch::backward(op, grad_out, input, nullptr, &q, bias, A, B, hidden, activation,
+                                scale, output_mask, /*with_base=*/true, exec);
+  });
+  return {std::get<0>(r), std::get<2>(r), std::get<3>(r), std::get<4>(r), std::get<5>(r)};
+}
+
+static Tensor qcompute_g_cpu(QArrays qweight, QMeta qmeta, double qoffset, Tensor A,
+                             std::optional<std::vector<Tensor>> hidden,
+                             neat_torch::ActivationArg activation) {
+  const char *op = "neat::qcompute_g";
+  const neat_qweight q = neat_torch::qweight_of(op, qweight, qmeta, qoffset, A);
+  return on_cpu(op, [&](const neat_exec &exec) {
+    return neat_torch::compute_g(op, nullptr, &q, A, hidden.value_or(neat_torch::TensorList{}),
+                                 activation, exec);
+  });
+}
+
+static Tensor qlowrank_linear_cpu(Tensor input, QArrays qweight, QMeta qmeta, double qoffset,
+                                  std::optional<Tensor> bias, Tensor G, Tensor B, double scale) {
+  const char *op = "neat::qlowrank_linear";
+  const neat_qweight q = neat_torch::qweight_of(op, qweight, qmeta, qoffset, input);
+  return on_cpu(op, [&](const neat_exec &exec) {
+    return neat_torch::lowrank(op, input, nullptr, &q, bias, G, B, scale, exec);
+  });
+}
+
 // Which GEMM serves the large CPU products at the current thread count, e.g.
 // "auto: small=own medium=own large=host (2 threads)" (the plan is made here if it was not yet).
 static std::string cpu_gemm_plan() {
@@ -141,6 +194,16 @@ STABLE_TORCH_LIBRARY(neat, m) {
   m.def("lowrank_linear(Tensor input, Tensor weight, Tensor? bias, Tensor G, Tensor B, "
         "float scale=1.0) -> Tensor");
   m.def("cpu_gemm_plan() -> str");
+  // quantized frozen weights (docs/design.md §5.2): the weight as qweight, qmeta, qoffset
+  m.def("qlinear(Tensor input, Tensor[] qweight, int[] qmeta, float qoffset, Tensor? bias, Tensor A, "
+        "Tensor B, Tensor[]? hidden=None, str activation=\"relu\", float scale=1.0) -> Tensor");
+  m.def("qlinear_backward(Tensor grad_out, Tensor input, Tensor[] qweight, int[] qmeta, "
+        "float qoffset, Tensor? bias, Tensor A, Tensor B, Tensor[] hidden, str activation, "
+        "float scale, bool[] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor[])");
+  m.def("qcompute_g(Tensor[] qweight, int[] qmeta, float qoffset, Tensor A, Tensor[]? hidden=None, "
+        "str activation=\"relu\") -> Tensor");
+  m.def("qlowrank_linear(Tensor input, Tensor[] qweight, int[] qmeta, float qoffset, Tensor? bias, "
+        "Tensor G, Tensor B, float scale=1.0) -> Tensor");
 }
 
 // No tensor argument to dispatch on: one kernel for every backend.
@@ -155,4 +218,8 @@ STABLE_TORCH_LIBRARY_IMPL(neat, CPU, m) {
   m.impl("adapter_backward", TORCH_BOX(&adapter_backward_cpu));
   m.impl("compute_g", TORCH_BOX(&compute_g_cpu));
   m.impl("lowrank_linear", TORCH_BOX(&lowrank_linear_cpu));
+  m.impl("qlinear", TORCH_BOX(&qlinear_cpu));
+  m.impl("qlinear_backward", TORCH_BOX(&qlinear_backward_cpu));
+  m.impl("qcompute_g", TORCH_BOX(&qcompute_g_cpu));
+  m.impl("qlowrank_linear", TORCH_BOX(&qlowrank_linear_cpu));
 }

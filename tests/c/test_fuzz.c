@@ -18,6 +18,14 @@
  * neat_exec.gemm (provider.h: a plain product that checks every call against the contract and
  * sums the same way on any thread count), even ones on the library's own GEMM.
  *
+ * A fifth of the cases (drawn from a stream of their own, so that every other draw of a case is
+ * what it was before they existed) run with a quantized W (qref.h: NF4 / FP4, plain or nested,
+ * block sizes 16 .. 4096, or LLM.int8 rows with a padded stride) through the neat_q* entry
+ * points: the reference then runs on the reference-dequantized W, dweight is not requested
+ * (the weight is frozen), and every other rule above holds (guards, exact workspaces, untouched
+ * buffers, bitwise reruns). On a CUDA device (tests/cuda_emu's build) such a case must be
+ * refused with NEAT_ERR_UNSUPPORTED instead.
+ *
  * Every case is a pure function of (seed, index), so one failure replays alone:
  *   NEAT_FUZZ_SEED=<seed> NEAT_FUZZ_CASE=<index> ./test_fuzz
  * Longer runs: NEAT_FUZZ_SEED=<new seed> NEAT_FUZZ_CASES=<count> and/or NEAT_FUZZ_SECONDS=<s>
@@ -39,6 +47,7 @@
 #include "check.h"
 #include "guard.h"
 #include "provider.h"
+#include "qref.h"
 #include "reference.h"
 #include "util.h"
 
@@ -54,10 +63,10 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
-/* Sized so the ASan+UBSan Debug build runs the default budget in about two minutes on two
- * cores; a Release build does the same cases in a few seconds. */
+/* Sized so the ASan+UBSan Debug build runs the default budget in about three minutes on two
+ * cores; a Release build does the same cases in half a minute. */
 #define FZ_DEFAULT_SEED 0x5EEDF00Dull
-#define FZ_DEFAULT_CASES 800
+#define FZ_DEFAULT_CASES 1000 /* about 800 with a float W, 200 quantized */
 /* Largest reference cost of a case, in multiply-adds: big enough for one GEMM of 2^23
  * multiply-adds (where the skinny paths start using two lanes), small enough for ASan. */
 #define FZ_MAX_COST (40ll << 20)
@@ -145,6 +154,8 @@ typedef struct fz_case {
     int want_dh[NEAT_MAX_HIDDEN];
     int dhidden_null;      /* pass grads.dhidden = NULL (no dH requested) */
     int short_ws;          /* also check that a workspace one byte short is refused */
+    int quant;             /* W quantized as qs (the neat_q* entry points) */
+    qref_spec qs;
     fz_layout in[I_COUNT], in_h[NEAT_MAX_HIDDEN];
     fz_layout out[O_COUNT], out_dh[NEAT_MAX_HIDDEN];
 } fz_case;
@@ -353,6 +364,24 @@ static void gen_case(uint64_t seed, long index, fz_case *c)
     for (int i = 0; i < O_COUNT; i++) c->out[i] = pick_layout(&rng, FZ_OUT_KINDS, 0.5);
     c->out[O_DB].kind = coin(&rng, 0.6) ? L1_UNIT : L1_STRIDED;
     for (int i = 0; i < c->nh; i++) c->out_dh[i] = pick_layout(&rng, FZ_OUT_KINDS, 0.5);
+
+    /* quantized W: its own stream, so the draws above stay those of the float cases */
+    uint64_t qr = mix(seed ^ 0x0DDBA11ull, (uint64_t)index);
+    c->quant = coin(&qr, 0.2);
+    if (c->quant) {
+        static const int64_t sizes[] = {16, 32, 64, 64, 128, 256, 512, 1024, 4096};
+        int f = (int)irange(&qr, 0, 4);
+        c->qs.format = f < 2 ? NEAT_QFMT_NF4 : f < 4 ? NEAT_QFMT_FP4 : NEAT_QFMT_INT8_ROW;
+        if (c->qs.format == NEAT_QFMT_INT8_ROW) {
+            c->qs.row_pad = coin(&qr, 0.5) ? 0 : irange(&qr, 1, 9);
+        } else {
+            c->qs.blocksize = sizes[rng_next(&qr) % 9];
+            c->qs.nested = coin(&qr, 0.5);
+            c->qs.blocksize2 = c->qs.nested ? (coin(&qr, 0.5) ? 256 : sizes[rng_next(&qr) % 4]) : 0;
+        }
+        c->want &= ~(unsigned)W_DW; /* frozen */
+        c->in[I_W].kind = L_CONTIG; /* holds the dequantized values for the reference only */
+    }
 }
 
 /* Appends to buf (length n, o bytes used so far), never past its end. */
@@ -389,6 +418,11 @@ static void describe(const fz_case *c, char *buf, size_t n)
         neat_activation_name(c->act), c->bias, c->scale, c->threads);
     if (c->threads2)
         put(buf, n, &o, " (bitwise recheck with %d)", c->threads2);
+    if (c->quant) {
+        char q[64];
+        qref_describe(&c->qs, q, sizeof q);
+        put(buf, n, &o, " quantized W: %s", q);
+    }
     put(buf, n, &o, " guard=%s ws_misalign=%d%s\n  grads:",
         c->side == GUARD_FRONT ? "front" : "back",
         c->ws_misalign == GUARD_FLUSH ? 0 : c->ws_misalign, c->short_ws ? " short_ws" : "");
@@ -494,6 +528,7 @@ static int same_bits(const fz_tensor *a, const fz_tensor *b)
 
 typedef struct fz_inputs {
     fz_tensor t[I_COUNT], h[NEAT_MAX_HIDDEN];
+    qref q; /* c->quant: W as the library gets it */
     neat_tensor hidden[NEAT_MAX_HIDDEN];
     neat_args args;
     double *v[I_COUNT], *hv[NEAT_MAX_HIDDEN]; /* the views' values, for the reference */
@@ -535,10 +570,15 @@ static void make_inputs(const fz_case *c, fz_inputs *in)
         in->hv[i] = fz_read(&in->h[i]);
     }
     for (int i = 0; i < I_COUNT; i++) in->v[i] = fz_read(&in->t[i]);
+    memset(&in->q, 0, sizeof in->q);
+    if (c->quant) { /* the reference's W is the dequantized one; the library never sees a float W */
+        qref_make(&in->q, &c->qs, dt, c->d_out, c->d_in, c->side, &rng);
+        qref_dequant(&in->q.q, in->v[I_W]);
+    }
     neat_args a;
     memset(&a, 0, sizeof a);
     a.x = &in->t[I_X].b.t;
-    a.weight = &in->t[I_W].b.t;
+    a.weight = c->quant ? NULL : &in->t[I_W].b.t;
     a.bias = c->bias ? &in->t[I_B].b.t : NULL;
     a.A = &in->t[I_A].b.t;
     a.B = &in->t[I_BB].b.t;
@@ -561,6 +601,7 @@ static void free_inputs(const fz_case *c, fz_inputs *in)
 {
     for (int i = 0; i < I_COUNT; i++) fz_free(&in->t[i]), free(in->v[i]);
     for (int i = 0; i < c->nh; i++) fz_free(&in->h[i]), free(in->hv[i]);
+    qref_free(&in->q);
 }
 
 static void make_outputs(const fz_case *c, fz_outputs *o)
@@ -589,38 +630,98 @@ static gbuf ws_alloc(const fz_case *c, size_t bytes)
     return guard_alloc(bytes, c->side, c->ws_misalign);
 }
 
+/* The calls of a case: the float entry points, or with q their neat_q* twins. */
+static neat_status fwd_size(const fz_case *c, const neat_qweight *q, const neat_args *a,
+                            const neat_exec *ex, size_t *bytes)
+{
+    if (q)
+        return c->with_base ? neat_qlinear_forward_workspace_size(a, q, ex, bytes)
+                            : neat_qadapter_forward_workspace_size(a, q, ex, bytes);
+    return c->with_base ? neat_linear_forward_workspace_size(a, ex, bytes)
+                        : neat_adapter_forward_workspace_size(a, ex, bytes);
+}
+
+static neat_status fwd(const fz_case *c, const neat_qweight *q, neat_tensor *y,
+                       const neat_args *a, void *ws, size_t bytes, const neat_exec *ex)
+{
+    if (q)
+        return c->with_base ? neat_qlinear_forward(y, a, q, ws, bytes, ex)
+                            : neat_qadapter_forward(y, a, q, ws, bytes, ex);
+    return c->with_base ? neat_linear_forward(y, a, ws, bytes, ex)
+                        : neat_adapter_forward(y, a, ws, bytes, ex);
+}
+
+static neat_status g_size(const neat_qweight *q, const neat_args *a, const neat_exec *ex,
+                          size_t *bytes)
+{
+    return q ? neat_qcompute_g_workspace_size(a, q, ex, bytes)
+             : neat_compute_g_workspace_size(a, ex, bytes);
+}
+
+static neat_status g_call(const neat_qweight *q, neat_tensor *G, const neat_args *a, void *ws,
+                          size_t bytes, const neat_exec *ex)
+{
+    return q ? neat_qcompute_g(G, a, q, ws, bytes, ex) : neat_compute_g(G, a, ws, bytes, ex);
+}
+
+static neat_status bwd_size(const fz_case *c, const neat_qweight *q, const neat_grads *g,
+                            const neat_args *a, const neat_exec *ex, size_t *bytes)
+{
+    if (q)
+        return c->with_base ? neat_qlinear_backward_workspace_size(g, a, q, ex, bytes)
+                            : neat_qadapter_backward_workspace_size(g, a, q, ex, bytes);
+    return c->with_base ? neat_linear_backward_workspace_size(g, a, ex, bytes)
+                        : neat_adapter_backward_workspace_size(g, a, ex, bytes);
+}
+
+static neat_status bwd(const fz_case *c, const neat_qweight *q, const neat_grads *g,
+                       const neat_tensor *dy, const neat_args *a, void *ws, size_t bytes,
+                       const neat_exec *ex)
+{
+    if (q)
+        return c->with_base ? neat_qlinear_backward(g, dy, a, q, ws, bytes, ex)
+                            : neat_qadapter_backward(g, dy, a, q, ws, bytes, ex);
+    return c->with_base ? neat_linear_backward(g, dy, a, ws, bytes, ex)
+                        : neat_adapter_backward(g, dy, a, ws, bytes, ex);
+}
+
+/* What a call must return: NEAT_OK, except for a quantized W on CUDA (no kernel yet). */
+static neat_status expected_status(const fz_case *c)
+{
+    return c->quant && tb_device().type == NEAT_DEVICE_CUDA ? NEAT_ERR_UNSUPPORTED : NEAT_OK;
+}
+
 /* Forward, compute_g and backward with one exec, each with a workspace of exactly the size its
  * query reported. */
 static void run_calls(const fz_case *c, fz_inputs *in, fz_outputs *o, const neat_exec *ex,
                       fz_status *st)
 {
     const neat_args *a = &in->args;
+    const neat_qweight *qw = c->quant ? &in->q.q : NULL;
+    neat_status want = expected_status(c);
     size_t bytes = 0;
     gbuf ws;
 
-    neat_status q = c->with_base ? neat_linear_forward_workspace_size(a, ex, &bytes)
-                                 : neat_adapter_forward_workspace_size(a, ex, &bytes);
-    CHECK(q == NEAT_OK, "forward workspace query: %s", neat_last_error());
+    neat_status q = fwd_size(c, qw, a, ex, &bytes);
+    CHECK(q == want, "forward workspace query: %s", neat_last_error());
     ws = ws_alloc(c, bytes);
     /* a call that needs no workspace (the CUDA backend with nothing to compute) has nothing to
      * be short of: counted as refused */
     if (c->short_ws)
-        st->fwd_short = bytes == 0     ? NEAT_ERR_WORKSPACE
-                        : c->with_base ? neat_linear_forward(&o->t[O_Y].b.t, a, ws.p, bytes - 1, ex)
-                                       : neat_adapter_forward(&o->t[O_Y].b.t, a, ws.p, bytes - 1, ex);
-    st->fwd = c->with_base ? neat_linear_forward(&o->t[O_Y].b.t, a, ws.p, bytes, ex)
-                           : neat_adapter_forward(&o->t[O_Y].b.t, a, ws.p, bytes, ex);
-    CHECK(st->fwd == NEAT_OK, "forward: %s", neat_last_error());
+        st->fwd_short = bytes == 0 ? NEAT_ERR_WORKSPACE
+                                   : fwd(c, qw, &o->t[O_Y].b.t, a, ws.p, bytes - 1, ex);
+    st->fwd = fwd(c, qw, &o->t[O_Y].b.t, a, ws.p, bytes, ex);
+    CHECK(st->fwd == want, "forward: %s", neat_last_error());
     guard_free(&ws);
 
-    q = neat_compute_g_workspace_size(a, ex, &bytes);
-    CHECK(q == NEAT_OK, "compute_g workspace query: %s", neat_last_error());
+    q = g_size(qw, a, ex, &bytes);
+    CHECK(q == want, "compute_g workspace query: %s", neat_last_error());
     ws = ws_alloc(c, bytes);
     if (c->short_ws)
         st->g_short = bytes == 0 ? NEAT_ERR_WORKSPACE
-                                 : neat_compute_g(&o->t[O_G].b.t, a, ws.p, bytes - 1, ex);
-    st->g = neat_compute_g(&o->t[O_G].b.t, a, ws.p, bytes, ex);
-    CHECK(st->g == NEAT_OK, "compute_g: %s", neat_last_error());
+                                 : g_call(qw, &o->t[O_G].b.t, a, ws.p, bytes - 1, ex);
+    st->g = g_call(qw, &o->t[O_G].b.t, a, ws.p, bytes, ex);
+    CHECK(st->g == want, "compute_g: %s", neat_last_error());
     guard_free(&ws);
 
     neat_tensor dh[NEAT_MAX_HIDDEN];
@@ -637,17 +738,14 @@ static void run_calls(const fz_case *c, fz_inputs *in, fz_outputs *o, const neat
     g.dB = c->want & W_DB_ ? &o->t[O_DBB].b.t : NULL;
     g.dhidden = c->nh && !c->dhidden_null ? dh : NULL;
     const neat_tensor *dy = &in->t[I_DY].b.t;
-    q = c->with_base ? neat_linear_backward_workspace_size(&g, a, ex, &bytes)
-                     : neat_adapter_backward_workspace_size(&g, a, ex, &bytes);
-    CHECK(q == NEAT_OK, "backward workspace query: %s", neat_last_error());
+    q = bwd_size(c, qw, &g, a, ex, &bytes);
+    CHECK(q == want, "backward workspace query: %s", neat_last_error());
     ws = ws_alloc(c, bytes);
     if (c->short_ws)
-        st->bwd_short = bytes == 0     ? NEAT_ERR_WORKSPACE
-                        : c->with_base ? neat_linear_backward(&g, dy, a, ws.p, bytes - 1, ex)
-                                       : neat_adapter_backward(&g, dy, a, ws.p, bytes - 1, ex);
-    st->bwd = c->with_base ? neat_linear_backward(&g, dy, a, ws.p, bytes, ex)
-                           : neat_adapter_backward(&g, dy, a, ws.p, bytes, ex);
-    CHECK(st->bwd == NEAT_OK, "backward: %s", neat_last_error());
+        st->bwd_short = bytes == 0 ? NEAT_ERR_WORKSPACE
+                                   : bwd(c, qw, &g, dy, a, ws.p, bytes - 1, ex);
+    st->bwd = bwd(c, qw, &g, dy, a, ws.p, bytes, ex);
+    CHECK(st->bwd == want, "backward: %s", neat_last_error());
     guard_free(&ws);
 }
 
@@ -694,6 +792,7 @@ static double relu_margin(const ref_problem *p)
 typedef struct fz_stats {
     long cases, per_class[C_CLASSES], threaded, bitwise, failed_cases;
     long provided, provider_calls; /* cases run with neat_exec.gemm set; its calls */
+    long quantized;                /* cases with a quantized W */
     long kink_excused;  /* float32 relu gradients excused at the kink */
     long cond_relaxed;  /* outputs within the conditioning allowance, not docs/design.md §4's bound */
     double worst_ratio; /* largest error / docs/design.md §4 bound among those */
@@ -911,8 +1010,9 @@ static int run_case(const fz_case *c, int verbose)
     memset(&st, 0, sizeof st);
     run_calls(c, &in, &o, &ex, &st);
     stats.threaded += c->threads > 1;
+    stats.quantized += c->quant;
 
-    if (c->short_ws) {
+    if (c->short_ws && expected_status(c) == NEAT_OK) {
         CHECK(st.fwd_short == NEAT_ERR_WORKSPACE && st.g_short == NEAT_ERR_WORKSPACE &&
                   st.bwd_short == NEAT_ERR_WORKSPACE,
               "case %ld: a workspace one byte short was not refused (%d %d %d)", c->index,
@@ -1070,8 +1170,10 @@ int main(void)
            "kink\n",
            stats.cond_relaxed, stats.worst_ratio, stats.worst_case,
            stats.worst_output ? stats.worst_output : "-", stats.kink_excused);
-    printf("test_fuzz: %ld cases with a host GEMM provider (%ld provider calls)\n",
-           stats.provided, stats.provider_calls);
+    printf("test_fuzz: %ld cases with a host GEMM provider (%ld provider calls), %ld with a "
+           "quantized W%s\n",
+           stats.provided, stats.provider_calls, stats.quantized,
+           tb_device().type == NEAT_DEVICE_CUDA ? " (refused on CUDA, as they must be)" : "");
     printf("test_fuzz: replay one case with NEAT_FUZZ_SEED=0x%llx NEAT_FUZZ_CASE=<index>\n",
            (unsigned long long)seed);
     return check_exit("test_fuzz");

@@ -1,5 +1,6 @@
-"""Quantized frozen layers are refused with an error naming the module, its type and what is supported,
-before anything is changed (docs/design.md §5.2). bitsandbytes is pinned in tests/run.sh and runs on CPU."""
+"""Quantized frozen layers NEAT cannot read exactly are refused with an error naming the module, why, and what
+is supported, before anything is changed (docs/design.md §5.2); the supported ones are test_quantized.py's.
+bitsandbytes is pinned in tests/run.sh and runs on CPU."""
 
 from __future__ import annotations
 
@@ -38,12 +39,21 @@ def int8(d_in=64, d_out=48):
     return _quiet(lambda: q.to("cpu"))
 
 
-QUANTIZED = {
+def nf4_unquantized():
+    q = bnb.nn.Linear4bit(64, 48, quant_type="nf4", compute_dtype=torch.float32)
+    q.weight = bnb.nn.Params4bit(nn.Linear(64, 48).weight.data.clone(), requires_grad=False, quant_type="nf4")
+    return q  # bitsandbytes quantizes on .to(device)
+
+
+QUANTIZED = {  # the kinds test_quantized.py runs; the bridge to PEFT still refuses them
     "nf4": nf4,
     "fp4": lambda: nf4(quant_type="fp4"),
     "nf4-float32-storage": lambda: nf4(storage=torch.float32),  # packed codes in a float32 tensor
     "int8": int8,
-    "int8-unquantized": lambda: bnb.nn.Linear8bitLt(64, 48, has_fp16_weights=False),  # quantizes on .to()
+}
+REFUSED = {  # (maker, what the message says)
+    "nf4-unquantized": (nf4_unquantized, "Linear4bit not quantized yet"),
+    "int8-unquantized": (lambda: bnb.nn.Linear8bitLt(64, 48, has_fp16_weights=False), "Linear8bitLt not quantized to int8"),
 }
 
 
@@ -52,27 +62,34 @@ def _state(model):
             for n, m in model.named_modules()]
 
 
-@pytest.mark.parametrize("kind", sorted(QUANTIZED))
+@pytest.mark.parametrize("kind", sorted(REFUSED))
 def test_get_neat_model_refuses_a_quantized_target_and_changes_nothing(kind):
-    q = QUANTIZED[kind]()
+    make, says = REFUSED[kind]
+    q = make()
     model = nn.Sequential(nn.Linear(64, 64), q)
     assert isinstance(q, nn.Linear), "bnb layers subclass nn.Linear: the type check alone would let them through"
     before = _state(model)
     with pytest.raises(TypeError) as err:
         torch_neat.get_neat_model(model, torch_neat.NeatConfig(r=4, target_modules=["0", "1"]))
     msg = str(err.value)
-    assert "'1'" in msg and type(q).__name__ in msg and SUPPORTED in msg, msg
-    assert "'0'" not in msg.partition("matches quantized modules")[2], "the float layer is not quantized"
+    assert "'1'" in msg and says in msg and SUPPORTED in msg, msg
+    assert "'0'" not in msg.partition("NEAT cannot read")[2], "the float layer is not quantized"
     assert _state(model) == before, "the model was touched before the error"
     assert not hasattr(model, "neat_config")
 
 
-@pytest.mark.parametrize("kind", sorted(QUANTIZED))
+@pytest.mark.parametrize("kind", sorted(REFUSED))
 def test_neat_linear_refuses_a_quantized_base(kind):
-    q = QUANTIZED[kind]()
-    with pytest.raises(TypeError, match=r"NeatLinear: base_layer is a quantized layer \(bitsandbytes\.") as err:
-        torch_neat.NeatLinear(q, r=4)
+    make, says = REFUSED[kind]
+    with pytest.raises(TypeError, match=r"NeatLinear: base_layer is a bitsandbytes " + says) as err:
+        torch_neat.NeatLinear(make(), r=4)
     assert SUPPORTED in str(err.value)
+
+
+@pytest.mark.parametrize("kind", sorted(QUANTIZED))
+def test_supported_quantized_targets_are_accepted(kind):
+    model = torch_neat.get_neat_model(nn.Sequential(QUANTIZED[kind]()), torch_neat.NeatConfig(r=4, target_modules=["0"]))
+    assert model[0].quantized
 
 
 def test_an_integer_weight_is_refused_too():

@@ -63,7 +63,8 @@ def autocast_operands(device_type: str, input, weight, bias, A, B, hidden, dtype
         compute = pdt = torch.float32
         out = dtype
     x, w, b = _cast(input, compute), _cast(weight, compute), _cast(bias, compute)
-    if out is not None and (w.dtype != torch.float32 or out == torch.float32):
+    # a quantized weight (None here) dequantizes to float32 on CPU
+    if out is not None and ((w is not None and w.dtype != torch.float32) or out == torch.float32):
         out = None
     A, B = _cast(A, pdt), _cast(B, pdt)
     hidden = None if hidden is None else [_cast(h, pdt) for h in hidden]

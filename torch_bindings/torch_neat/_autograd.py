@@ -15,35 +15,38 @@ from ._optable import MASK_SLOTS, ROWS, Row, binder, schema_args
 class Plan:
     """A forward op's backward, resolved once: the backward op and where each gradient goes."""
 
-    __slots__ = ("backward_op", "slots", "hidden_at", "count")
+    __slots__ = ("backward_op", "slots", "hidden_at", "count", "grad_at")
 
-    def __init__(self, row: Row):
+    def __init__(self, op: str, row: Row):
         self.backward_op = getattr(torch.ops.neat, row.backward)
         self.count = len(row.grads)
-        # for each gradient argument, its position in output_mask; bias and hidden also need presence
+        names = tuple(a.name for a in schema_args(op))
+        # each gradient argument's position among the forward's arguments, and its output_mask slot
+        self.grad_at = tuple(names.index(name) for name in row.grads)
         self.slots = tuple(MASK_SLOTS.index(name) for name in row.grads)
         self.hidden_at = row.grads.index("hidden") if "hidden" in row.grads else -1
 
 
-def _mask(plan: Plan, tensors: tuple, needs: tuple) -> list:
+def _mask(plan: Plan, args: tuple, needs: tuple) -> list:
     mask = [False] * len(MASK_SLOTS)
     for i, slot in enumerate(plan.slots):
         if needs[i]:
-            t = tensors[i]
+            t = args[plan.grad_at[i]]
             # no gradient for an absent bias or an empty hidden list
             mask[slot] = t is not None if slot == 2 else (len(t) > 0 if slot == 5 else True)
     return mask
 
 
-def backward_core(plan: Plan, grad, tensors: tuple, needs: tuple, activation: str, scale: float, call) -> tuple:
+def backward_core(plan: Plan, grad, args: tuple, needs: tuple, call) -> tuple:
     """Gradients of a forward op, one per ``plan``'s gradient argument (None where not requested).
 
-    ``tensors`` are the forward's tensor arguments in the row's ``grads`` order (hidden as a sequence),
-    ``needs`` one flag per argument. Hidden's entry comes back as a list, or None when not requested.
-    ``call(op, args)`` runs the backward op: through the dispatcher, or below the autograd key.
+    ``args`` are the forward's arguments in schema order, every one given (hidden as a sequence);
+    ``needs`` one flag per gradient argument. Hidden's entry comes back as a list, or None when not
+    requested. ``call(op, args)`` runs the backward op: through the dispatcher, or below the
+    autograd key.
     """
-    mask = _mask(plan, tensors, needs)
-    outs = call(plan.backward_op, (grad, *tensors, activation, scale, mask))
+    mask = _mask(plan, args, needs)
+    outs = call(plan.backward_op, (grad, *args, mask))
     hidden_at = plan.hidden_at
     # a list comprehension, not a generator: this runs once per layer per step on the fast path
     return tuple([
@@ -70,33 +73,54 @@ def _needs(ctx, index: int) -> bool:
 
 def _differentiable(op: str, row: Row):
     """setup_context and backward for an op whose row names a backward op."""
-    plan = Plan(row)
+    plan = Plan(op, row)
     bind = binder(op)
-    names = tuple(a.name for a in schema_args(op))
-    at = tuple(names.index(n) for n in row.grads)
-    hidden_arg = names.index("hidden")
-    attrs = (names.index("activation"), names.index("scale"))
+    args = schema_args(op)
+    count = len(args)
+    hidden_arg = next(i for i, a in enumerate(args) if a.name == "hidden")
+    # tensors are saved for backward (lists flattened), everything else is kept on ctx
+    tensor_at = tuple(i for i, a in enumerate(args) if a.is_tensor)
+    is_list = tuple(args[i].is_list for i in tensor_at)
 
     def setup_context(ctx, inputs, output):
         full = bind(inputs, {})
-        hidden = full[hidden_arg]
-        tensors = [full[i] for i in at if i != hidden_arg]
-        ctx.save_for_backward(*tensors, *(hidden or ()))
-        ctx.hidden_is_none = hidden is None
-        ctx.attrs = (full[attrs[0]], full[attrs[1]])
+        flat, counts = [], []
+        for i, listed in zip(tensor_at, is_list):
+            value = full[i]
+            if listed:
+                value = list(value or ())
+                flat.extend(value)
+                counts.append(len(value))
+            else:
+                flat.append(value)
+                counts.append(-1)
+        ctx.save_for_backward(*flat)
+        ctx.counts = counts
+        ctx.hidden_is_none = full[hidden_arg] is None
+        ctx.others = tuple(None if i in tensor_at else full[i] for i in range(count))
 
     def backward(ctx, grad):
         saved = ctx.saved_tensors
-        plain = plan.count - 1  # hidden is last among the gradient arguments
-        tensors = (*saved[:plain], list(saved[plain:]))
-        needs = tuple(_needs(ctx, i) for i in at)
-        grads = backward_core(plan, grad, tensors, needs, ctx.attrs[0], ctx.attrs[1], call_through_dispatcher)
-        out = [None] * len(names)
-        for i, g in zip(at, grads):
+        full = list(ctx.others)
+        k = 0
+        for i, n in zip(tensor_at, ctx.counts):
+            if n < 0:
+                full[i] = saved[k]
+                k += 1
+            else:  # the backward schemas take lists as Tensor[] (an absent hidden is [])
+                full[i] = list(saved[k:k + n])
+                k += n
+        needs = tuple(_needs(ctx, i) for i in plan.grad_at)
+        grads = backward_core(plan, grad, tuple(full), needs, call_through_dispatcher)
+        out = [None] * count
+        for i, g in zip(plan.grad_at, grads):
             out[i] = g
-        # a Tensor[]? argument's gradient mirrors it: None for None, else one entry per tensor
-        count = len(saved) - plain
-        out[hidden_arg] = None if ctx.hidden_is_none else (grads[-1] if grads[-1] is not None else [None] * count)
+        # a Tensor[] argument's gradient mirrors it: None for None, else one entry per tensor
+        for i, n in zip(tensor_at, ctx.counts):
+            if n >= 0 and i != hidden_arg:
+                out[i] = [None] * n
+        n_hidden = len(full[hidden_arg])
+        out[hidden_arg] = None if ctx.hidden_is_none else (grads[-1] if grads[-1] is not None else [None] * n_hidden)
         # one gradient per argument the op was actually called with (see _needs)
         return tuple(out[: len(ctx.needs_input_grad)])
 
@@ -123,6 +147,6 @@ def register_all() -> None:
         torch.library.register_autograd(f"neat::{op}", backward, setup_context=setup_context)
 
 
-PLANS = {op: Plan(row) for op, row in ROWS.items() if row.backward not in (None, "raises")}
+PLANS = {op: Plan(op, row) for op, row in ROWS.items() if row.backward not in (None, "raises")}
 
 __all__ = ["PLANS", "Plan", "backward_core", "register_all"]

@@ -67,15 +67,13 @@ class _FusedFn(torch.autograd.Function):
         wants_hidden = any(need[8:])
         if ctx.with_base:
             dx, dw, db, dA, dB, dh = backward_core(
-                _LINEAR, grad, (input, weight, bias, A, B, hidden),
-                (need[1], need[2], need[3], need[4], need[5], wants_hidden),
-                ctx.activation, ctx.scale, _below_autograd_call,
+                _LINEAR, grad, (input, weight, bias, A, B, hidden, ctx.activation, ctx.scale),
+                (need[1], need[2], need[3], need[4], need[5], wants_hidden), _below_autograd_call,
             )
         else:
             dx, dw, dA, dB, dh = backward_core(
-                _ADAPTER, grad, (input, weight, A, B, hidden),
-                (need[1], need[2], need[4], need[5], wants_hidden),
-                ctx.activation, ctx.scale, _below_autograd_call,
+                _ADAPTER, grad, (input, weight, A, B, hidden, ctx.activation, ctx.scale),
+                (need[1], need[2], need[4], need[5], wants_hidden), _below_autograd_call,
             )
             db = None
         return (None, dx, dw, db, dA, dB, None, None, *(dh if dh is not None else [None] * len(hidden)))

@@ -23,7 +23,9 @@ import torch
 #   adapter     a trained factor (A, B, or G in A's role): keeps float32 under mixed precision
 #   adapter_list  the r x r hidden layers, as adapter
 #   grad        the incoming gradient of a backward op
-#   attr        a non-tensor attribute (activation name, scale, gradient mask)
+#   quantized   the arrays of a quantized frozen weight: never cast, no gradient
+#   attr        a non-tensor attribute (activation name, scale, gradient mask, a quantized weight's
+#               format and dims, its offset)
 ROLES = {
     "input": "activation",
     "weight": "frozen",
@@ -36,6 +38,9 @@ ROLES = {
     "activation": "attr",
     "scale": "attr",
     "output_mask": "attr",
+    "qweight": "quantized",
+    "qmeta": "attr",
+    "qoffset": "attr",
 }
 
 # The gradient slots of the backward ops' ``output_mask``, in its order. An op without bias (adapter)
@@ -68,7 +73,7 @@ class Row:
 _DOUBLE_BACKWARD = (
     "double backward (a gradient of a gradient, e.g. torch.autograd.functional.hessian or "
     "torch.autograd.grad of a result computed with create_graph=True) is not implemented for "
-    "neat::linear and neat::adapter. First-order gradients are exact; for second-order terms compute "
+    "neat::linear, neat::adapter and neat::qlinear. First-order gradients are exact; for second-order terms compute "
     "the layer with plain PyTorch ops (the formula at the top of the README) instead."
 )
 
@@ -85,6 +90,15 @@ ROWS = {
     "linear_backward": Row("grads", "raises", why_not="cannot be differentiated: " + _DOUBLE_BACKWARD),
     "adapter_backward": Row("grads", "raises", why_not="cannot be differentiated: " + _DOUBLE_BACKWARD),
     "cpu_gemm_plan": Row(None),
+    # a quantized frozen weight (docs/design.md §5.2): the same ops with W as qweight, qmeta, qoffset
+    "qlinear": Row("qoutput", "qlinear_backward", ("input", "bias", "A", "B", "hidden"), "activation"),
+    "qcompute_g": Row("qg", None, (), "adapter"),
+    "qlowrank_linear": Row(
+        "qlowrank", "raises", (), "activation",
+        "is inference-only (G is a kept factor, not a function of A): it has no gradient. Train with "
+        "neat::qlinear (NeatLinear over a quantized layer, in train mode).",
+    ),
+    "qlinear_backward": Row("grads", "raises", why_not="cannot be differentiated: " + _DOUBLE_BACKWARD),
 }
 
 
@@ -94,6 +108,7 @@ class Arg:
     is_tensor: bool
     has_default: bool
     default: object
+    is_list: bool = False  # Tensor[] / Tensor[]? (and int[], bool[] for attributes)
 
 
 def schema_args(op: str) -> tuple:
@@ -102,7 +117,8 @@ def schema_args(op: str) -> tuple:
     out = []
     for a in schema.arguments:
         typ = str(a.type)
-        out.append(Arg(a.name, "Tensor" in typ, a.has_default_value(), a.default_value if a.has_default_value() else None))
+        out.append(Arg(a.name, "Tensor" in typ, a.has_default_value(),
+                       a.default_value if a.has_default_value() else None, "List" in typ or "[]" in typ))
     return tuple(out)
 
 

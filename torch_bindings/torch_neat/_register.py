@@ -79,13 +79,48 @@ def _grads_fake(a: dict, grads: tuple) -> tuple:
         if name == "hidden":
             out.append([h.new_empty(h.shape if mask[name] else (0,)) for h in t])
         elif name == "bias":
-            out.append(t.new_empty(t.shape) if (mask[name] and t is not None) else a["weight"].new_empty((0,)))
+            # an absent bias's placeholder follows the weight (A for a quantized weight), as in C++
+            like = a["weight"] if "weight" in a else a["A"]
+            out.append(t.new_empty(t.shape) if (mask[name] and t is not None) else like.new_empty((0,)))
         else:
             out.append(t.new_empty(t.shape if mask[name] else (0,)))
     return tuple(out)
 
 
-FAKE_RULES = {"output": _output_fake, "lowrank": _lowrank_fake, "g": _g_fake}
+def _check_quantized(a: dict) -> None:
+    qmeta = a["qmeta"]
+    torch._check(len(qmeta) == 5, lambda: "neat: qmeta must be [format, d_out, d_in, blocksize, blocksize2]")
+
+
+def _qoutput_fake(a: dict) -> Tensor:
+    # neat::qlinear: (..., d_out) with d_out from qmeta
+    _check_quantized(a)
+    input, A, B = a["input"], a["A"], a["B"]
+    d_out, d_in = a["qmeta"][1], a["qmeta"][2]
+    torch._check(input.dim() >= 1 and input.shape[-1] == d_in, lambda: f"neat: input's last dim must be d_in = {d_in}")
+    torch._check(A.dim() == 2 and A.shape[1] == d_out, lambda: f"neat: A must be (r, d_out); got {tuple(A.shape)}")
+    torch._check(B.dim() == 2 and B.shape[0] == d_out, lambda: f"neat: B must be (d_out, r); got {tuple(B.shape)}")
+    return input.new_empty((*input.shape[:-1], d_out))
+
+
+def _qlowrank_fake(a: dict) -> Tensor:
+    _check_quantized(a)
+    input, d_out = a["input"], a["qmeta"][1]
+    torch._check(input.dim() >= 1 and input.shape[-1] == a["qmeta"][2], lambda: "neat: input's last dim must be d_in")
+    return input.new_empty((*input.shape[:-1], d_out))
+
+
+def _qg_fake(a: dict) -> Tensor:
+    _check_quantized(a)
+    A = a["A"]
+    torch._check(A.dim() == 2, lambda: "neat: A must be 2-D")
+    return A.new_empty((A.shape[0], a["qmeta"][2]))
+
+
+FAKE_RULES = {
+    "output": _output_fake, "lowrank": _lowrank_fake, "g": _g_fake,
+    "qoutput": _qoutput_fake, "qlowrank": _qlowrank_fake, "qg": _qg_fake,
+}
 
 
 def _forward_of(backward_op: str) -> str:
@@ -110,10 +145,13 @@ SPARSE_KEYS = ("SparseCPU", "SparseCUDA", "SparseCsrCPU", "SparseCsrCUDA")
 
 
 def _reject_sparse(op: str):
-    names = tuple(a.name for a in schema_args(op) if a.is_tensor)
+    # every argument's name by position (tensor or not), so that positions line up with the call's
+    names = tuple(a.name if a.is_tensor else None for a in schema_args(op))
 
     def kernel(*args, **kwargs):
         for name, value in zip(names, args):
+            if name is None:
+                continue
             values = value if isinstance(value, (list, tuple)) else [value]
             for v in values:
                 if isinstance(v, Tensor) and v.layout != torch.strided:

@@ -17,8 +17,8 @@ from . import ops as _ops
 from ._activations import canonical_activation
 from .config import validate_core
 from .merge import MergeRecord, merge_factors, unmerge_factors
-from .precision import compute_g, op_operands
-from .quantized import check_float_base
+from .precision import compute_g, kernel_dtype, op_operands
+from .quantized import check_base
 
 __all__ = ["NeatLinear"]
 
@@ -64,13 +64,16 @@ class NeatLinear(nn.Module):
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"NeatLinear: base_layer must be an nn.Linear; got {type(base_layer).__name__}")
-        check_float_base(base_layer, "NeatLinear: base_layer")
+        # a supported quantized base (docs/design.md §5.2) runs on neat::qlinear; others are refused
+        qbase = check_base(base_layer, "NeatLinear: base_layer")
         validate_core("NeatLinear", r, depth, activation, scale)
         self.base_layer = base_layer
         base_layer.requires_grad_(False)
         weight = base_layer.weight
-        d_out, d_in = weight.shape
-        factory = {"device": weight.device, "dtype": adapter_dtype or weight.dtype}
+        self._qbase = qbase
+        d_out, d_in = (qbase.d_out, qbase.d_in) if qbase else weight.shape
+        # adapters on a quantized base are float32 unless asked otherwise (its storage dtype is no guide)
+        factory = {"device": weight.device, "dtype": adapter_dtype or (torch.float32 if qbase else weight.dtype)}
         self.in_features, self.out_features = d_in, d_out
         self.r, self.depth, self.scale = r, depth, float(scale)
         self.activation = activation
@@ -112,6 +115,11 @@ class NeatLinear(nn.Module):
         return list(self.neat_hidden)
 
     @property
+    def quantized(self) -> bool:
+        """Whether the base layer holds a quantized weight (bitsandbytes 4-bit or 8-bit)."""
+        return self._qbase is not None
+
+    @property
     def kernel_activation(self) -> str:
         """The activation's name as the kernels know it (aliases resolved)."""
         return self._act
@@ -143,9 +151,14 @@ class NeatLinear(nn.Module):
 
     def _g_version(self) -> tuple:
         w = self.base_layer.weight
-        return (w.device, w.dtype, self.neat_A.dtype, self._act) + tuple(
-            (t.data_ptr(), t._version) for t in (w, *self._adapter_params())
+        base = self._qbase.version() if self._qbase else (w.device, w.dtype, w.data_ptr(), w._version)
+        return (base, self.neat_A.dtype, self._act) + tuple(
+            (t.data_ptr(), t._version) for t in self._adapter_params()
         )
+
+    def _w(self):
+        # what compute_g reads: the float weight, or the quantized base
+        return self._qbase or self.base_layer.weight
 
     @staticmethod
     def _lowrank_ok(x: Tensor, weight: Tensor, bias: Optional[Tensor], G: Tensor) -> bool:
@@ -163,7 +176,7 @@ class NeatLinear(nn.Module):
         """G for the current W, A and hidden layers, recomputed only when one of them changed."""
         key = self._g_version()
         if self._g_cache is None or self._g_key != key:
-            self._g_cache = compute_g(self.base_layer.weight, self.neat_A, self.hidden, self._act)
+            self._g_cache = compute_g(self._w(), self.neat_A, self.hidden, self._act)
             self._g_key = key
         return self._g_cache
 
@@ -171,6 +184,8 @@ class NeatLinear(nn.Module):
         if self.disabled or self.merged:
             return self.base_layer(x)
         weight, bias = self.base_layer.weight, self.base_layer.bias
+        if self._qbase is not None:
+            return self._quantized_forward(x, bias)
         if self._use_cached_g():
             G = self.cached_g()
             if self._lowrank_ok(x, weight, bias, G):
@@ -196,13 +211,33 @@ class NeatLinear(nn.Module):
         out = _ops.fused_linear(xc, wc, bc, A, B, hidden, self._act, self.scale)
         return out.to(x.dtype)
 
+    def _quantized_forward(self, x: Tensor, bias: Optional[Tensor]) -> Tensor:
+        # neat::qlinear reads the quantized storage itself: W is never formed, nothing W-sized is saved
+        qweight, qmeta, qoffset = self._qbase.args()
+        if _ops.autocast_enabled(x):  # the op's autocast kernel casts input, bias and output
+            return torch.ops.neat.qlinear(x, qweight, qmeta, qoffset, bias, self.neat_A, self.neat_B,
+                                          self.hidden, self._act, self.scale)
+        ct = kernel_dtype(x.device, self.neat_A.dtype)
+        xc, bc = x.to(ct), (bias.to(ct) if bias is not None else None)
+        B = self.neat_B.to(ct)
+        if self._use_cached_g() and not (torch.is_grad_enabled() and x.requires_grad):
+            G = self.cached_g()
+            return torch.ops.neat.qlowrank_linear(xc, qweight, qmeta, qoffset, bc, G.to(ct), B, self.scale).to(x.dtype)
+        A, hidden = self.neat_A.to(ct), [h.to(ct) for h in self.hidden]
+        return torch.ops.neat.qlinear(xc, qweight, qmeta, qoffset, bc, A, B, hidden, self._act, self.scale).to(x.dtype)
+
     # -- merge ------------------------------------------------------------------------------
+
+    def current_g(self) -> Tensor:
+        """G (r, d_in) for the current weight and adapter, computed now in the adapter's compute dtype."""
+        return compute_g(self._w(), self.neat_A, self.hidden, self._act)
 
     def get_delta_weight(self) -> Tensor:
         """The full ``(d_out, d_in)`` update ``scale * B @ G`` (formed only on request)."""
-        G = compute_g(self.base_layer.weight, self.neat_A, self.hidden, self._act)
+        G = compute_g(self._w(), self.neat_A, self.hidden, self._act)
         with torch.no_grad():
-            return (self.scale * (self.neat_B.to(G.dtype) @ G)).to(self.base_layer.weight.dtype)
+            out = self.scale * (self.neat_B.to(G.dtype) @ G)
+            return out if self._qbase else out.to(self.base_layer.weight.dtype)
 
     @torch.no_grad()
     def merge(self, safe_merge: bool = False, *, exact: bool = True) -> None:
@@ -216,12 +251,36 @@ class NeatLinear(nn.Module):
         if self.merged:
             warnings.warn("NeatLinear.merge: already merged; nothing to do", stacklevel=2)
             return
+        if self._qbase is not None:
+            raise TypeError(
+                f"NeatLinear.merge: the base layer is a quantized {self._qbase.kind}; merging into its storage would "
+                "round the update away. torch_neat.merge_and_unload(model) replaces it with a float32 nn.Linear "
+                "holding W + s B G instead; or keep the adapter unmerged"
+            )
         weight = self.base_layer.weight
         G = compute_g(weight, self.neat_A, self.hidden, self._act)
         B = self.neat_B.detach().to(G.dtype) * self.scale
         self._merge_record = merge_factors(weight, B, G, exact=exact, safe=safe_merge)
         self.merged = True
         self._g_cache = None
+
+    @torch.no_grad()
+    def merged_float_linear(self) -> nn.Linear:
+        """A float32 ``nn.Linear`` computing this layer (W from the quantized base's own dequantizer, + s B G).
+
+        For a quantized base only (merge_and_unload uses it): the merge cannot live in quantized storage.
+        """
+        if self._qbase is None:
+            raise TypeError("NeatLinear.merged_float_linear: the base layer is not quantized; use merge()")
+        W = self._qbase.dequantize()
+        G = compute_g(self._qbase, self.neat_A, self.hidden, self._act).to(W.dtype)
+        W.add_(self.neat_B.detach().to(W.dtype) @ G, alpha=self.scale)
+        bias = self.base_layer.bias
+        out = nn.Linear(self.in_features, self.out_features, bias=bias is not None, device=W.device, dtype=W.dtype)
+        out.weight.copy_(W)
+        if bias is not None:
+            out.bias.copy_(bias.detach())
+        return out.requires_grad_(False)
 
     @torch.no_grad()
     def unmerge(self) -> None:

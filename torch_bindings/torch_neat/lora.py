@@ -78,8 +78,11 @@ def _from_neat(model: nn.Module):
         )
     layers = []
     for name, layer in layers_found:
-        W = _original_weight(layer.base_layer.weight, layer.merge_record, None, layer.merged, f"NEAT layer {name!r}")
-        G = _g(W, layer.neat_A, list(layer.neat_hidden), layer.kernel_activation)
+        if layer.quantized:  # never merged (merge refuses); G from the quantized storage, as training saw it
+            G = layer.current_g()
+        else:
+            W = _original_weight(layer.base_layer.weight, layer.merge_record, None, layer.merged, f"NEAT layer {name!r}")
+            G = _g(W, layer.neat_A, list(layer.neat_hidden), layer.kernel_activation)
         layers.append(LoraEntry(name, G, layer.neat_B.detach(), layer.scale, layer.neat_A.dtype))
     saved = saved_modules(model)
     inside = [n for n in saved for ln, _ in layers_found if ln.startswith(n + ".")]

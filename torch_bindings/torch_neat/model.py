@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import warnings
 from typing import Iterator, Optional, Union
 
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 
 from .config import WEIGHTS_NAME, NeatConfig
 from .layer import NeatLinear
-from .quantized import quantized_error, quantized_reason
+from .quantized import quantized_error, unsupported_reason
 
 __all__ = [
     "DEFAULT_TARGET_MODULES",
@@ -114,13 +115,13 @@ def _resolve_targets(model: nn.Module, config: NeatConfig) -> tuple[list[str], l
         if not isinstance(module, nn.Linear) or isinstance(parent, nn.MultiheadAttention):
             # MultiheadAttention reads out_proj.weight directly, so wrapping out_proj would change nothing
             wrong_type.append(f"{name} ({type(module).__name__})")
-        elif (reason := quantized_reason(module)) is not None:
+        elif (reason := unsupported_reason(module)) is not None:
             quantized.append(f"{name!r} {reason}")
         else:
             chosen.append(name)
     if quantized:
         shown = "; ".join(quantized[:3]) + (f"; and {len(quantized) - 3} more" if len(quantized) > 3 else "")
-        raise quantized_error(f"NeatConfig.target_modules {targets!r} matches quantized modules: {shown}")
+        raise quantized_error(f"NeatConfig.target_modules {targets!r} matches quantized modules NEAT cannot read: {shown}")
     if wrong_type:
         shown = ", ".join(wrong_type[:5]) + (f" and {len(wrong_type) - 5} more" if len(wrong_type) > 5 else "")
         raise TypeError(
@@ -312,12 +313,21 @@ def unmerge_adapters(model: nn.Module) -> nn.Module:
 
 def _replace_layers(model: nn.Module, merge: bool, safe_merge: bool) -> nn.Module:
     for name, layer in list(neat_layers(model)):
+        parent_name, _, child = name.rpartition(".")
+        if merge and layer.quantized:
+            # the update cannot live in quantized storage: a float layer takes the layer's place, said aloud
+            warnings.warn(
+                f"merge_and_unload: {name!r} had a quantized base ({type(layer.base_layer).__name__}); it is now a "
+                "float32 nn.Linear holding W + s B G (W from the quantization's own dequantizer)",
+                UserWarning, stacklevel=3,
+            )
+            setattr(model.get_submodule(parent_name), child, layer.merged_float_linear())
+            continue
         if merge and not layer.merged:
             layer.merge(safe_merge=safe_merge, exact=False)
         elif not merge and layer.merged:
             layer.unmerge()
         layer.drop_merge_record()
-        parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, layer.base_layer)
     if hasattr(model, "neat_config"):
         del model.neat_config

@@ -43,9 +43,10 @@ def op_operands(x: Tensor, weight: Tensor, bias: Optional[Tensor], adapter_dtype
     return x.to(ct), weight.to(ct), (bias.to(ct) if bias is not None else None), ct
 
 
-def compute_g(weight: Tensor, A: Tensor, hidden: Sequence[Tensor], activation: str) -> Tensor:
+def compute_g(weight, A: Tensor, hidden: Sequence[Tensor], activation: str) -> Tensor:
     """G (r, d_in) from the kernels, in the adapter's compute dtype, never part of an autograd graph.
 
+    ``weight`` is a float tensor or a :class:`~torch_neat.quantized.QuantizedBase` (``neat::qcompute_g``).
     Never under autocast: G feeds merges and the eval cache, so it comes from the weight as stored,
     not from a copy rounded to the autocast dtype.
     """
@@ -58,4 +59,8 @@ def compute_g(weight: Tensor, A: Tensor, hidden: Sequence[Tensor], activation: s
         if _ops.autocast_enabled(A):
             with torch.autocast(A.device.type, enabled=False):
                 return compute_g(weight, A, hidden, activation)
-        return _ops.compute_g(weight.to(ct), A.to(ct), [h.to(ct) for h in hidden], activation)
+        hidden = [h.to(ct) for h in hidden]
+        if isinstance(weight, torch.Tensor):
+            return _ops.compute_g(weight.to(ct), A.to(ct), hidden, activation)
+        qweight, qmeta, qoffset = weight.args()
+        return torch.ops.neat.qcompute_g(qweight, qmeta, qoffset, A.to(ct), hidden, activation)

@@ -1,0 +1,323 @@
+"""NEAT over a quantized frozen weight (docs/design.md §5.2): bitsandbytes NF4 / FP4 (nested or not) and
+LLM.int8 layers on CPU, through neat::qlinear, qcompute_g and qlowrank_linear and through NeatLinear.
+
+The reference is float64 NEAT (reference.py) on the weight that bitsandbytes' own dequantizer returns, so
+the contract is "the same numbers as the float path on bnb's W", never a copy of our own dequantizer.
+bitsandbytes is pinned in tests/run.sh and runs on CPU.
+"""
+
+from __future__ import annotations
+
+import types
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import torch_neat
+from reference import ACTIVATIONS, TOL, describe_mismatch, reference_g, reference_linear, rel_err
+from torch_neat.quantized import quantized_base
+
+bnb = pytest.importorskip("bitsandbytes", reason="tests/run.sh installs bitsandbytes==0.50.2")  # always there in CI
+import bitsandbytes.functional as bnbf  # noqa: E402
+
+
+def _quiet(fn):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn()
+
+
+def four_bit(d_in, d_out, quant_type="nf4", nested=False, blocksize=64, storage=torch.uint8, bias=True):
+    lin = nn.Linear(d_in, d_out, bias=bias)
+    q = bnb.nn.Linear4bit(d_in, d_out, bias=bias, quant_type=quant_type, compute_dtype=torch.float32,
+                          compress_statistics=nested, quant_storage=storage)
+    q.weight = bnb.nn.Params4bit(lin.weight.data.clone(), requires_grad=False, quant_type=quant_type,
+                                 compress_statistics=nested, blocksize=blocksize, quant_storage=storage)
+    if bias:
+        q.bias = nn.Parameter(lin.bias.data.clone(), requires_grad=False)
+    return _quiet(lambda: q.to("cpu"))
+
+
+def int8(d_in, d_out, bias=True):
+    lin = nn.Linear(d_in, d_out, bias=bias)
+    q = bnb.nn.Linear8bitLt(d_in, d_out, bias=bias, has_fp16_weights=False)
+    q.weight = bnb.nn.Int8Params(lin.weight.data.clone(), requires_grad=False, has_fp16_weights=False)
+    if bias:
+        q.bias = nn.Parameter(lin.bias.data.clone(), requires_grad=False)
+    return _quiet(lambda: q.to("cpu"))
+
+
+def flat_rule(q) -> torch.Tensor:
+    """W read from a 4-bit layer's storage by the layout bitsandbytes' quantize_4bit writes: the flattened
+    weight in blocks of ``blocksize``, two codes per byte, high nibble first (plain Python, float32)."""
+    w, qs = q.weight, q.weight.quant_state
+    d_out, d_in = qs.shape
+    n = d_out * d_in
+    data = w.data.reshape(-1).view(torch.uint8)
+    nib = torch.stack([data >> 4, data & 15], 1).reshape(-1)[:n].long()
+    absmax = qs.absmax
+    if qs.nested:
+        absmax = qs.state2.code[absmax.long()] * qs.state2.absmax[torch.arange(absmax.numel()) // qs.state2.blocksize]
+        absmax = absmax + qs.offset
+    return (qs.code[nib] * absmax[torch.arange(n) // qs.blocksize]).reshape(d_out, d_in)
+
+
+def bnb_weight(q) -> torch.Tensor:
+    """W as bitsandbytes itself dequantizes it (float32), where its CPU dequantizer reads its own layout.
+
+    bitsandbytes 0.50.2's CPU ``dequantize_4bit`` indexes absmax as ``row * (d_in // blocksize) +
+    col // blocksize``, which equals the flat block of its own ``quantize_4bit`` only when d_in is a multiple
+    of the block size (every real model's layer); elsewhere the reference is the layout as written
+    (``flat_rule``; test_bnb_cpu_dequantizer_misreads_rows_that_straddle_blocks shows which is right).
+    """
+    w = q.weight
+    if isinstance(q, bnb.nn.Linear8bitLt):
+        return bnbf.int8_vectorwise_dequant(w.data, w.SCB).float()
+    if q.in_features % w.quant_state.blocksize:
+        return flat_rule(q)
+    return bnbf.dequantize_4bit(w.data, w.quant_state).float()
+
+
+# (name, maker): odd shapes where the format allows (d_out * d_in not a multiple of the block size)
+LAYERS = {
+    "nf4": lambda: four_bit(72, 40),
+    "fp4": lambda: four_bit(72, 40, quant_type="fp4"),
+    "nf4-nested": lambda: four_bit(72, 40, nested=True),
+    "fp4-nested-128": lambda: four_bit(96, 35, quant_type="fp4", nested=True, blocksize=128),
+    "nf4-256-odd": lambda: four_bit(33, 31, blocksize=256),
+    "nf4-float32-storage": lambda: four_bit(64, 48, storage=torch.float32),
+    "int8": lambda: int8(72, 40),
+    "int8-odd": lambda: int8(37, 29),
+}
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_the_flat_rule_is_bitsandbytes_dequantizer_where_rows_hold_whole_blocks(nested):
+    for d_in, d_out, bs in [(128, 40, 64), (256, 33, 128), (64, 7, 64)]:
+        q = four_bit(d_in, d_out, nested=nested, blocksize=bs)
+        assert torch.equal(flat_rule(q), bnbf.dequantize_4bit(q.weight.data, q.weight.quant_state).float())
+
+
+def test_bnb_cpu_dequantizer_misreads_rows_that_straddle_blocks():
+    # Which reading is right where they differ: the one whose round trip is closer to the float weight.
+    torch.manual_seed(0)
+    W = torch.randn(35, 96)
+    data, state = bnbf.quantize_4bit(W, blocksize=64, quant_type="nf4", compress_statistics=False)
+    q = types.SimpleNamespace(weight=types.SimpleNamespace(data=data, quant_state=state))
+    ours, theirs = flat_rule(q), bnbf.dequantize_4bit(data, state).float()
+    assert rel_err(ours, W) <= rel_err(theirs, W)
+
+
+def test_our_weight_reader_matches_bitsandbytes_dequantizer():
+    # the int8 rule the C library uses, written as bitsandbytes documents it
+    q = int8(37, 29)
+    w = q.weight
+    assert torch.equal(bnb_weight(q), (w.data.float() * w.SCB[:, None]) * 7.874015718698502e-3)
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+@pytest.mark.parametrize("num_hidden,activation", [(0, "relu"), (2, "gelu"), (8, "silu")])
+def test_qlinear_forward_and_gradients_match_the_float_path_on_bnb_weight(kind, num_hidden, activation):
+    q = LAYERS[kind]()
+    qb = quantized_base(q)
+    assert qb is not None, kind
+    W = bnb_weight(q)
+    d_out, d_in = W.shape
+    r = 4
+    x = torch.randn(7, d_in, requires_grad=True)
+    A = (torch.randn(r, d_out) / d_out**0.5).requires_grad_()
+    B = (torch.randn(d_out, r) / r**0.5).requires_grad_()
+    H = [(torch.randn(r, r) / r**0.5).requires_grad_() for _ in range(num_hidden)]
+    bias = q.bias
+    qw, qm, qo = qb.args()
+    y = torch.ops.neat.qlinear(x, qw, qm, qo, bias, A, B, H, activation, 0.7)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [x, A, B, *H], dy)
+
+    d = lambda t: t.detach().double().requires_grad_()  # noqa: E731
+    xr, Ar, Br, Hr = d(x), d(A), d(B), [d(h) for h in H]
+    ref = reference_linear(xr, W.double(), None if bias is None else bias.double(), Ar, Br, Hr, activation, 0.7)
+    ref_grads = torch.autograd.grad(ref, [xr, Ar, Br, *Hr], dy.double())
+    for name, got, want in [("y", y, ref), *zip(["dx", "dA", "dB"] + [f"dh{i}" for i in range(num_hidden)], grads, ref_grads)]:
+        assert rel_err(got, want) < TOL[torch.float32], describe_mismatch(f"{kind} {name}", got, want, TOL[torch.float32])
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_every_activation_and_compute_g_and_lowrank(activation):
+    q = LAYERS["nf4-nested"]()
+    qw, qm, qo = quantized_base(q).args()
+    W = bnb_weight(q).double()
+    r = 3
+    A = torch.randn(r, W.shape[0]) / W.shape[0] ** 0.5
+    H = [torch.randn(r, r) / r**0.5 for _ in range(2)]
+    if activation == "sin2pi":
+        A = A / (2 * torch.pi)
+    G = torch.ops.neat.qcompute_g(qw, qm, qo, A, H, activation)
+    Gr = reference_g(W, A.double(), [h.double() for h in H], activation)
+    assert rel_err(G, Gr) < TOL[torch.float32], describe_mismatch("G", G, Gr, TOL[torch.float32])
+    x, B = torch.randn(6, W.shape[1]), torch.randn(W.shape[0], r)
+    y = torch.ops.neat.qlowrank_linear(x, qw, qm, qo, q.bias, G, B, 1.5)
+    yr = torch.nn.functional.linear(x.double(), W, q.bias.double()) + 1.5 * (x.double() @ G.double().T) @ B.double().T
+    assert rel_err(y, yr) < TOL[torch.float32], describe_mismatch("lowrank", y, yr, TOL[torch.float32])
+
+
+@pytest.mark.parametrize("kind", ["nf4-nested", "int8-odd"])
+def test_gradcheck_in_float64(kind):
+    # float64 calls widen the dequantized float32 values exactly, so float64 gradcheck applies
+    q = LAYERS[kind]()
+    qw, qm, qo = quantized_base(q).args()
+    d_out, d_in = qm[1], qm[2]
+    x = torch.randn(3, d_in, dtype=torch.float64, requires_grad=True)
+    A = (torch.randn(2, d_out, dtype=torch.float64) / d_out**0.5).requires_grad_()
+    B = torch.randn(d_out, 2, dtype=torch.float64, requires_grad=True)
+    H = [torch.randn(2, 2, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    b = torch.randn(d_out, dtype=torch.float64, requires_grad=True)
+    fn = lambda x, b, A, B, h0, h1: torch.ops.neat.qlinear(x, qw, qm, qo, b, A, B, [h0, h1], "tanh", 0.5)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, b, A, B, *H), eps=1e-6, atol=1e-6)
+
+
+def test_opcheck_every_quantized_op():
+    q = LAYERS["nf4-nested"]()
+    qw, qm, qo = quantized_base(q).args()
+    d_out, d_in = qm[1], qm[2]
+    x = torch.randn(4, d_in, requires_grad=True)
+    A = torch.randn(3, d_out, requires_grad=True)
+    B = torch.randn(d_out, 3, requires_grad=True)
+    H = [torch.randn(3, 3, requires_grad=True) for _ in range(2)]
+    G = torch.randn(3, d_in)
+    torch.library.opcheck(torch.ops.neat.qlinear, (x, qw, qm, qo, q.bias, A, B, H, "gelu", 0.5))
+    torch.library.opcheck(torch.ops.neat.qcompute_g, (qw, qm, qo, A.detach(), [h.detach() for h in H], "relu"))
+    torch.library.opcheck(torch.ops.neat.qlowrank_linear, (x.detach(), qw, qm, qo, q.bias, G, B.detach(), 2.0))
+
+
+def test_bad_quantized_arguments_name_what_is_wrong():
+    q = LAYERS["nf4"]()
+    qw, qm, qo = quantized_base(q).args()
+    x, A, B = torch.randn(2, qm[2]), torch.randn(2, qm[1]), torch.randn(qm[1], 2)
+    cases = [
+        (qw[:2], qm, r"4-bit qweight is \[data, code, absmax\]"),
+        ([qw[0][:10], qw[1], qw[2]], qm, r"qweight\[0\] \(data\) must hold at least"),
+        ([qw[0], qw[1].double(), qw[2]], qm, r"qweight\[1\] \(code\) must be float32"),
+        ([qw[0], qw[1], qw[2][:1]], qm, r"qweight\[2\] \(absmax\) must hold at least"),
+        (qw, [9, *qm[1:]], r"format must be 1 \(NF4\), 2 \(FP4\) or 3"),
+        (qw, qm[:4], r"qmeta must be \[format, d_out, d_in, blocksize, blocksize2\]"),
+        (qw, [qm[0], qm[1], qm[2], 100, 0], r"blocksize must be a power of two"),
+    ]
+    for qweight, qmeta, message in cases:
+        with pytest.raises(RuntimeError, match=message):
+            torch.ops.neat.qlinear(x, qweight, qmeta, qo, None, A, B, [], "relu", 1.0)
+    with pytest.raises(RuntimeError, match=r"input's last dimension must equal the quantized weight's d_in"):
+        torch.ops.neat.qlinear(torch.randn(2, qm[2] + 1), qw, qm, qo, None, A, B, [], "relu", 1.0)
+    with pytest.raises(RuntimeError, match=r"dweight\) must be False"):
+        torch.ops.neat.qlinear_backward(torch.randn(2, qm[1]), x, qw, qm, qo, None, A, B, [], "relu", 1.0,
+                                        [True, True, False, True, True, False])
+
+
+# --- the modules -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["nf4", "nf4-nested", "int8"])
+def test_the_issue_snippet_trains_and_matches_float_neat_on_bnb_weight(kind):
+    q = LAYERS[kind]()
+    W = bnb_weight(q)
+    float_twin = nn.Linear(W.shape[1], W.shape[0])
+    with torch.no_grad():
+        float_twin.weight.copy_(W)
+        float_twin.bias.copy_(q.bias)
+    m = torch_neat.get_neat_model(nn.Sequential(q), torch_neat.NeatConfig(r=4, depth=4, target_modules=["0"]))
+    ref = torch_neat.get_neat_model(nn.Sequential(float_twin), torch_neat.NeatConfig(r=4, depth=4, target_modules=["0"]))
+    ref.load_state_dict({k: v for k, v in m.state_dict().items() if "neat_" in k}, strict=False)
+    assert m[0].quantized and m[0].neat_A.dtype == torch.float32
+    x, target = torch.randn(16, W.shape[1]), torch.randn(16, W.shape[0])
+    opts = [torch.optim.SGD([p for p in mm.parameters() if p.requires_grad], lr=0.1) for mm in (m, ref)]
+    losses = []
+    for _ in range(15):
+        for mm, opt in zip((m, ref), opts):
+            loss = ((mm(x) - target) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    assert losses[-2] < losses[0], "the quantized model did not learn"
+    assert abs(losses[-2] - losses[-1]) < 1e-4 * losses[-1], "quantized and float NEAT on bnb's W diverged"
+
+
+def test_eval_caches_g_and_matches_training_forward():
+    q = LAYERS["fp4-nested-128"]()
+    layer = torch_neat.NeatLinear(q, r=3, depth=4, activation="tanh", scale=2.0)
+    with torch.no_grad():
+        layer.neat_B.normal_(0, 0.1)
+    x = torch.randn(5, q.in_features)
+    y_train = layer.train()(x).detach()
+    layer.eval()
+    with torch.no_grad():
+        y_eval = layer(x)
+        g1 = layer.cached_g()
+        assert layer.cached_g() is g1, "G recomputed without a change"
+        layer.neat_A.add_(0.1)
+        assert layer.cached_g() is not g1, "G kept after A changed"
+    assert rel_err(y_eval, y_train) < TOL[torch.float32]
+
+
+def test_nothing_weight_sized_is_saved_for_backward():
+    q = four_bit(256, 192)
+    layer = torch_neat.NeatLinear(q, r=4, depth=4)
+    weight_numel = 256 * 192
+    storage = {t.data_ptr() for t in quantized_base(q).args()[0]}
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    x = torch.randn(8, 256, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = layer(x)
+    y.sum().backward()
+    assert saved, "the hook saw nothing: the test would pass vacuously"
+    for t in saved:
+        assert t.is_floating_point() is False or t.numel() < weight_numel, f"a float tensor of W's size was saved: {tuple(t.shape)}"
+        if t.numel() * t.element_size() >= weight_numel // 2:
+            assert t.data_ptr() in storage, f"a W-sized buffer other than the layer's own storage was saved: {tuple(t.shape)}"
+
+
+def test_save_load_export_and_merge_and_unload(tmp_path):
+    from peft import PeftModel
+
+    def model():
+        torch.manual_seed(3)
+        return nn.Sequential(LAYERS["nf4"](), nn.ReLU(), nn.Linear(40, 8))
+
+    m = torch_neat.get_neat_model(model(), torch_neat.NeatConfig(r=4, target_modules=["0"], modules_to_save=["2"]))
+    with torch.no_grad():
+        m[0].neat_B.normal_(0, 0.1)
+    x = torch.randn(5, 72)
+    m.eval()
+    with torch.no_grad():
+        want = m(x)
+    torch_neat.save_adapter(m, tmp_path / "neat")
+    fresh = torch_neat.load_adapter(model(), tmp_path / "neat")
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(x), want)
+    with pytest.raises(TypeError, match="merge_and_unload"):
+        m[0].merge()
+    torch_neat.export_lora(m, tmp_path / "lora")
+    # the exported G comes from the quantized storage: PEFT LoRA on a float copy of bnb's W computes the same
+    base = model()
+    W = bnb_weight(base[0])
+    float_base = nn.Sequential(nn.Linear(72, 40), nn.ReLU(), nn.Linear(40, 8))
+    with torch.no_grad():
+        float_base[0].weight.copy_(W)
+        float_base[0].bias.copy_(base[0].bias)
+        float_base[2].load_state_dict(base[2].state_dict())
+    lora = PeftModel.from_pretrained(float_base, tmp_path / "lora").eval()
+    with torch.no_grad():
+        assert rel_err(lora(x), want) < 1e-5
+    with pytest.warns(UserWarning, match="float32 nn.Linear holding W"):
+        plain = torch_neat.merge_and_unload(m)
+    assert type(plain[0]) is nn.Linear and plain[0].weight.dtype == torch.float32
+    with torch.no_grad():
+        assert rel_err(plain(x), want) < 1e-5
