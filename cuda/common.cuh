@@ -286,6 +286,9 @@ inline neat_status dispatch_dtype(neat_dtype dt, F &&f)
     return neat_set_error(NEAT_ERR_INTERNAL, "neat_cuda: unknown dtype %d", static_cast<int>(dt));
 }
 
+// Shared memory a block kernel may use: what every device grants without cudaFuncSetAttribute.
+constexpr size_t kMaxSharedBytes = 48 * 1024;
+
 // Grid for a grid-stride loop over n items.
 constexpr int kThreads = 256;
 inline unsigned grid_for(int64_t n)
