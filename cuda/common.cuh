@@ -193,6 +193,7 @@ struct DeviceScope {
 struct Ctx {
     const char *fn = "neat_cuda";
     bool dry = true;               // sizing only: carve, but launch nothing and touch no pointer
+    bool fused = false;            // the rank-r products through fused.cuh (entry.cuh chooses)
     int device = 0;                // CUDA ordinal of the tensors
     const neat_exec *exec = nullptr;
     void *workspace = nullptr;     // the caller's buffer (NULL while sizing)
