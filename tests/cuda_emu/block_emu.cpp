@@ -1,7 +1,7 @@
 // block_emu.cpp - block kernels on the host: a block's threads as cooperative fibers (test only).
 //
-// One host thread runs one block at a time. Every simulated thread of the block is a ucontext
-// fiber with a stack of its own; the scheduler resumes each runnable fiber in turn, and a fiber
+// One host thread runs one block at a time. Every simulated thread of the block is a fiber with a
+// stack of its own; the scheduler resumes each runnable fiber in turn, and a fiber
 // runs until it calls __syncthreads() (it then waits at the barrier) or returns (it is done).
 // When no fiber is runnable, either all are done (the block is finished) or some wait at a
 // barrier: if every live thread waits at the same __syncthreads and none has exited, they are all
@@ -17,6 +17,11 @@
 // sums before they are complete. This is not a race detector: a race whose outcome does not depend
 // on the order goes unseen, and one that only the other order shows needs that order too (the
 // kernel sandbox runs both).
+//
+// The switch: on x86-64 a few instructions of our own (callee-saved registers and the stack
+// pointer, as a function call would leave them); elsewhere ucontext's swapcontext. The former
+// matters for speed: glibc's swapcontext makes a system call for the signal mask on every switch,
+// and ASan's interceptor of it clears the shadow of the whole target stack each time.
 //
 // AddressSanitizer: every switch is announced with __sanitizer_start_switch_fiber and completed
 // with __sanitizer_finish_switch_fiber, so ASan knows which stack is live (no false reports about
@@ -42,7 +47,45 @@
 #endif
 #endif
 #ifdef NEAT_EMU_ASAN
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
+#endif
+
+#if defined(__x86_64__)
+// neat_emu_switch(save, to): saves the callee-saved registers on the current stack, stores the
+// stack pointer in *save, loads `to` as the stack pointer and restores what is saved there.
+extern "C" void neat_emu_switch(void **save, void *to);
+asm(R"(
+    .text
+    .p2align 4
+    .type neat_emu_switch, @function
+neat_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size neat_emu_switch, .-neat_emu_switch
+    .section .note.GNU-stack,"",@progbits
+    .text
+)");
+#define NEAT_EMU_OWN_SWITCH 1
 #endif
 
 namespace {
@@ -110,8 +153,26 @@ thread_local StackPool t_stacks;
 
 enum class State { Ready, AtBarrier, Done };
 
+// Where a switched-out context continues: a saved stack pointer (own switch) or a ucontext.
+struct Context {
+#ifdef NEAT_EMU_OWN_SWITCH
+    void *sp = nullptr;
+#else
+    ucontext_t uc;
+#endif
+};
+
+void switch_to(Context *from, Context *to)
+{
+#ifdef NEAT_EMU_OWN_SWITCH
+    neat_emu_switch(&from->sp, to->sp);
+#else
+    swapcontext(&from->uc, &to->uc);
+#endif
+}
+
 struct Fiber {
-    ucontext_t ctx;
+    Context ctx;
     State state = State::Ready;
     uint3 tid{0, 0, 0};
     const char *file = nullptr; // the barrier it waits at
@@ -132,7 +193,7 @@ struct Block {
     void *body = nullptr;
     std::vector<Fiber> fibers;
     Fiber *current = nullptr;
-    ucontext_t sched;
+    Context sched;
     void *sched_fake = nullptr;
     const void *sched_bottom = nullptr; // the scheduler's stack, as ASan reports it
     size_t sched_size = 0;
@@ -159,7 +220,10 @@ void fiber_main()
     f->state = State::Done;
     // This fiber's stack is never resumed again: nullptr lets ASan drop its fake stack.
     start_switch(nullptr, b->sched_bottom, b->sched_size);
-    setcontext(&b->sched);
+    // No local with its address taken here: ASan would poison redzones around it on this stack,
+    // and nothing unwinds this frame to clear them for the next fiber on the same stack.
+    switch_to(&f->ctx, &b->sched);
+    std::abort(); // not reached: nothing resumes a finished fiber
 }
 
 void resume(Block *b, Fiber *f)
@@ -167,7 +231,7 @@ void resume(Block *b, Fiber *f)
     b->current = f;
     threadIdx = f->tid;
     start_switch(&b->sched_fake, f->stack->base, f->stack->bytes);
-    swapcontext(&b->sched, &f->ctx);
+    switch_to(&b->sched, &f->ctx);
     finish_switch(b->sched_fake, nullptr, nullptr);
 }
 
@@ -177,6 +241,33 @@ const char *short_file(const char *file)
     return s ? s + 1 : file;
 }
 
+#ifdef NEAT_EMU_OWN_SWITCH
+// The first switch to a fiber "returns" into fiber_main with the stack aligned as after a call.
+void prepare_fiber(Fiber *f, const Stack *stack)
+{
+    f->state = State::Ready;
+    f->fake_stack = nullptr;
+    f->stack = stack;
+    uintptr_t top = (reinterpret_cast<uintptr_t>(stack->base) + stack->bytes) & ~uintptr_t(15);
+#ifdef NEAT_EMU_ASAN
+    // A stack is reused by the next block's fibers; whatever shadow a finished fiber left near the
+    // top (fiber_main's frame never returns) must not flag the new one's first frames.
+    __asan_unpoison_memory_region(reinterpret_cast<void *>(top - 4096), 4096);
+#endif
+    void **sp = reinterpret_cast<void **>(top);
+    *--sp = nullptr;                                      // fiber_main's return address: none
+    *--sp = reinterpret_cast<void *>(&fiber_main);        // where neat_emu_switch's ret goes
+    for (int i = 0; i < 6; ++i) *--sp = nullptr;          // rbp, rbx, r12-r15
+    --sp;                                                 // MXCSR and the x87 control word:
+    uint32_t mxcsr;                                       // this thread's current ones
+    uint16_t fpcw;
+    asm volatile("stmxcsr %0" : "=m"(mxcsr));
+    asm volatile("fnstcw %0" : "=m"(fpcw));
+    std::memcpy(sp, &mxcsr, 4);
+    std::memcpy(reinterpret_cast<char *>(sp) + 4, &fpcw, 2);
+    f->ctx.sp = sp;
+}
+#else
 // A function of its own: getcontext returns twice, and nothing of a caller's loop may live in
 // registers across it (-Wclobbered).
 __attribute__((noinline)) void prepare_fiber(Fiber *f, const Stack *stack)
@@ -184,12 +275,13 @@ __attribute__((noinline)) void prepare_fiber(Fiber *f, const Stack *stack)
     f->state = State::Ready;
     f->fake_stack = nullptr;
     f->stack = stack;
-    getcontext(&f->ctx);
-    f->ctx.uc_stack.ss_sp = stack->base;
-    f->ctx.uc_stack.ss_size = stack->bytes;
-    f->ctx.uc_link = nullptr;
-    makecontext(&f->ctx, fiber_main, 0);
+    getcontext(&f->ctx.uc);
+    f->ctx.uc.uc_stack.ss_sp = stack->base;
+    f->ctx.uc.uc_stack.ss_size = stack->bytes;
+    f->ctx.uc.uc_link = nullptr;
+    makecontext(&f->ctx.uc, fiber_main, 0);
 }
+#endif
 
 // Runs one block to its end (all fibers done).
 void run_block(Block *b)
@@ -300,7 +392,7 @@ void neat_emu::barrier(const char *file, int line)
     f->file = file;
     f->line = line;
     start_switch(&f->fake_stack, b->sched_bottom, b->sched_size);
-    swapcontext(&f->ctx, &b->sched);
+    switch_to(&f->ctx, &b->sched);
     finish_switch(f->fake_stack, &b->sched_bottom, &b->sched_size);
 }
 
