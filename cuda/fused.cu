@@ -1,7 +1,9 @@
 // fused.cu - the fused rank-r kernels (versions 1 and 2) and their launchers; see fused.cuh.
 //
 // NEAT_MUTANT (test builds only, .ci/run): 1 leaves out the barrier after the E tile is staged in
-// fused_rows_v2, 2 drops the last K tile of fused_rows_v2's sum. Either must make the sandbox fail.
+// fused_rows_v2, 2 drops the last K tile of fused_rows_v2's sum, 3 leaves out the barrier that
+// keeps fused_cols_v2 from staging the next tiles while others still read the current ones. Each
+// must make the sandbox fail.
 #include "fused.cuh"
 
 #include <type_traits>
@@ -251,7 +253,9 @@ __global__ void fused_cols_v2(ColsParams a)
                 for (int i = 0; i < nn; ++i) s += ds[i * ldd + c];
             acc[q] += s;
         }
+#if NEAT_MUTANT != 3
         __syncthreads(); // every thread is done with the tiles before the next ones overwrite them
+#endif
     }
     for (int q = 0; q < kMaxPerThread; ++q) {
         const int o = tid + q * nt;
