@@ -22,6 +22,14 @@ namespace {
 // Accumulators per thread in version 2: outputs of a block / threads, at most.
 constexpr int kMaxPerThread = 32;
 
+// The loops over a thread's accumulators are unrolled under nvcc so that acc[] can live in
+// registers (a runtime index would put it in local memory); host compilers do not know the pragma.
+#ifdef __CUDACC__
+#define NEAT_UNROLL _Pragma("unroll")
+#else
+#define NEAT_UNROLL
+#endif
+
 struct In {
     const void *p;
     int64_t rs, cs;
@@ -148,6 +156,7 @@ __global__ void fused_rows_v2(RowsParams a)
     const PM *M = at<PM>(a.M);
 
     Acc acc[kMaxPerThread];
+    NEAT_UNROLL
     for (int q = 0; q < kMaxPerThread; ++q) acc[q] = 0;
     // NEAT_MUTANT 2 stops one tile early
     for (int64_t k0 = 0; k0 + (NEAT_MUTANT == 2 ? KT : 0) < a.k; k0 += KT) {
@@ -163,7 +172,9 @@ __global__ void fused_rows_v2(RowsParams a)
             ms[j * ldx + k] = k < kt ? load_as<Acc, T>(M, j * a.M.rs + (k0 + k) * a.M.cs) : Acc(0);
         }
         __syncthreads(); // the tiles are staged
-        for (int q = 0; q < kMaxPerThread; ++q) {
+        NEAT_UNROLL
+        NEAT_UNROLL
+    for (int q = 0; q < kMaxPerThread; ++q) {
             const int o = tid + q * nt;
             if (o >= nu) break;
             const int i = o / r, j = o - i * r;
@@ -174,6 +185,7 @@ __global__ void fused_rows_v2(RowsParams a)
         __syncthreads(); // every thread is done with the tiles before the next ones overwrite them
     }
     const Acc scale = static_cast<Acc>(a.scale);
+    NEAT_UNROLL
     for (int q = 0; q < kMaxPerThread; ++q) {
         const int o = tid + q * nt;
         if (o >= nu) break;
@@ -228,6 +240,7 @@ __global__ void fused_cols_v2(ColsParams a)
     const T *dy = at<T>(a.dy), *U = at<T>(a.U);
 
     Acc acc[kMaxPerThread];
+    NEAT_UNROLL
     for (int q = 0; q < kMaxPerThread; ++q) acc[q] = 0;
     for (int64_t n0 = 0; n0 < a.n; n0 += NT) {
         const int nn = a.n - n0 < NT ? static_cast<int>(a.n - n0) : NT;
@@ -242,7 +255,9 @@ __global__ void fused_cols_v2(ColsParams a)
             us[i * ldu + j] = i < nn ? load<Acc>(U, (n0 + i) * a.U.rs + j * a.U.cs) : Acc(0);
         }
         __syncthreads(); // the tiles are staged
-        for (int q = 0; q < kMaxPerThread; ++q) {
+        NEAT_UNROLL
+        NEAT_UNROLL
+    for (int q = 0; q < kMaxPerThread; ++q) {
             const int o = tid + q * nt;
             if (o >= nout) break;
             const int c = o / w, j = o - c * w;
@@ -257,6 +272,7 @@ __global__ void fused_cols_v2(ColsParams a)
         __syncthreads(); // every thread is done with the tiles before the next ones overwrite them
 #endif
     }
+    NEAT_UNROLL
     for (int q = 0; q < kMaxPerThread; ++q) {
         const int o = tid + q * nt;
         if (o >= nout) break;
