@@ -28,9 +28,9 @@
 //   U = x G^T                      the same kernel, u only                dB
 //   dB = s dy^T U, db = dy^T 1     one kernel, one pass over dy's columns, written into the
 //                                  caller's dB and db in place (any layout, no ones vector)
-// dy is read by two kernels instead of four products (dU, dB, db and the dx product's dU G does
-// not read it but is a launch of its own). One pass for all three would need the sums over N
-// split across blocks: atomics (not run-to-run identical) or partial sums of d_out x r per block.
+// dy is read by two kernels instead of three products (dU, dB, db). One pass for all three would
+// split the sums over N across blocks: atomics (not run-to-run identical) or partial sums of
+// d_out x r per block in the workspace.
 #include "blas.cuh"
 #include "elementwise.cuh"
 #include "entry.cuh"
