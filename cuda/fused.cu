@@ -379,8 +379,10 @@ neat_status launch_fused_cols(Ctx &ctx, const ColsArgs &a, const FusedCfg &cfg)
     if (a.db.p && a.db.dt != T)
         return neat_set_error(NEAT_ERR_INTERNAL, "%s: fused kernel: db has dtype %d in a call of dtype %d",
                               ctx.fn, static_cast<int>(a.db.dt), static_cast<int>(T));
+    // Without dB, U is not read at all (the backward passes none): the kernels see rank 0 and
+    // compute db alone.
     ColsParams p{in_of(a.dy), in_of(a.U), out_of(a.dB), out_of(a.db), a.dy.rows, a.dy.cols,
-                 static_cast<int>(r), cfg.rows, cfg.tile, a.scale};
+                 a.dB.p ? static_cast<int>(r) : 0, cfg.rows, cfg.tile, a.scale};
     return dispatch_dtype(T, [&](auto tag_T) {
         using TT = typename decltype(tag_T)::type;
         using Acc = std::conditional_t<std::is_same_v<TT, double>, double, float>;

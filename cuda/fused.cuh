@@ -57,7 +57,7 @@ struct RowsArgs {
 
 struct ColsArgs {
     Mat dy;   // (N, D), T
-    Mat U;    // (N, r), T
+    Mat U;    // (N, r), T; not read (p may be nullptr) without dB
     Mat dB;   // (D, r), T or float32; p == nullptr: not wanted
     Mat db;   // (D, 1), T; p == nullptr: not wanted
     double scale = 1.0;

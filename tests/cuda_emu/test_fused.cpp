@@ -309,6 +309,7 @@ void cols_case(const Types &ty, int r, int64_t n, int64_t d, bool with_dB, bool 
     ColsArgs a;
     a.dy = dy.view, a.U = U.view, a.scale = s;
     if (with_dB) a.dB = dB.view;
+    else a.U.p = nullptr; // as the backward passes it: no U without dB (a regression: U was read)
     if (with_db) a.db = db.view;
     TestCtx ctx;
     neat_emu_log_clear();
