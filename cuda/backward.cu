@@ -21,9 +21,20 @@
 // rows apart (dU, dx), by blocks of columns for the reductions over N (dB, dW, db), so that every
 // output element is still one product over the full sum, as with a dy read in place. The stage is
 // reserved whatever dy's layout, since the size query does not see dy.
+//
+// The fused path (NEAT_CUDA_RANK_PATH=fused, r <= kFusedMaxRank; fused.cuh) changes the rank-r
+// products and nothing else:
+//   dU = s dy B and dx = dU G      one kernel, one pass over dy's rows   (then dx += dy W, cuBLAS)
+//   U = x G^T                      the same kernel, u only                dB
+//   dB = s dy^T U, db = dy^T 1     one kernel, one pass over dy's columns, written into the
+//                                  caller's dB and db in place (any layout, no ones vector)
+// dy is read by two kernels instead of three products (dU, dB, db). One pass for all three would
+// split the sums over N across blocks: atomics (not run-to-run identical) or partial sums of
+// d_out x r per block in the workspace.
 #include "blas.cuh"
 #include "elementwise.cuh"
 #include "entry.cuh"
+#include "fused.cuh"
 #include "gstack.cuh"
 
 namespace neat_cuda {
@@ -112,15 +123,29 @@ neat_status backward_plan(Ctx &ctx, const neat_grads *grads, const neat_tensor *
     Stack st;
     NEAT_CUDA_TRY(stack_forward(ctx, args, H, Z0, G, /*keep=*/need_dz0, &st));
 
+    const bool fused = ctx.fused && fused_rank_ok(r);
     Mat dU;
     if (row_pass) { // dU = s dy B, and dx = dU G (+ dy W), block by block of dy's rows
         Mat Bg;
-        NEAT_CUDA_TRY(ready_input(ctx, B, T, &Bg));
+        if (!fused) NEAT_CUDA_TRY(ready_input(ctx, B, T, &Bg));
         dU = ctx.scratch(T, n, r);
         Output dxo;
         if (want_dx) NEAT_CUDA_TRY(begin_output(ctx, mat_of(grads->dx), T, &dxo));
         NEAT_CUDA_TRY(by_rows(ctx, dY, stage_by_rows, [&](int64_t i0, const Mat &dyb) {
             const Mat dUb = row_slice(dU, i0, dyb.rows);
+            if (fused) {
+                RowsArgs a;
+                a.in = dyb;
+                a.M = transposed(B);
+                a.u = dUb;
+                a.scale = s;
+                if (want_dx) {
+                    a.E = transposed(G);
+                    a.out = row_slice(dxo.work, i0, dyb.rows);
+                }
+                NEAT_CUDA_TRY(launch_fused_rows(ctx, a));
+                return want_dx && with_base ? gemm(ctx, a.out, dyb, Wg, 1.0, 1.0) : NEAT_OK;
+            }
             NEAT_CUDA_TRY(gemm(ctx, dUb, dyb, Bg, s, 0.0));
             if (!want_dx) return NEAT_OK;
             const Mat dxb = row_slice(dxo.work, i0, dyb.rows);
@@ -131,7 +156,30 @@ neat_status backward_plan(Ctx &ctx, const neat_grads *grads, const neat_tensor *
     }
 
     Output dBo, dWo, dbo;
-    if (col_pass) { // dB = s dy^T U, dW = dy^T x, db = dy^T 1, block by block of dy's columns
+    if (col_pass && fused) { // U = x G^T; dB = s dy^T U and db = dy^T 1 in one kernel; dW = dy^T x
+        ColsArgs c;
+        c.dy = dY;
+        c.scale = s;
+        if (want_db_) {
+            RowsArgs a;
+            a.in = xg;
+            a.M = G;
+            a.u = ctx.scratch(T, n, r);
+            NEAT_CUDA_TRY(launch_fused_rows(ctx, a));
+            c.U = a.u;
+            c.dB = mat_of(grads->dB);
+        } else {
+            c.U = mat_contig(nullptr, T, n, r);
+        }
+        if (want_db) c.db = mat_of(grads->dbias);
+        NEAT_CUDA_TRY(launch_fused_cols(ctx, c));
+        if (want_dw && with_base) {
+            NEAT_CUDA_TRY(begin_output(ctx, mat_of(grads->dweight), T, &dWo));
+            NEAT_CUDA_TRY(by_cols(ctx, dY, stage_by_cols, [&](int64_t j0, const Mat &dyb) {
+                return gemm(ctx, row_slice(dWo.work, j0, dyb.cols), transposed(dyb), xg, 1.0, 0.0);
+            }));
+        }
+    } else if (col_pass) { // dB = s dy^T U, dW = dy^T x, db = dy^T 1, block by block of dy's columns
         Mat U, ones;
         if (want_db_) {
             U = ctx.scratch(T, n, r);

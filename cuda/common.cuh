@@ -193,6 +193,7 @@ struct DeviceScope {
 struct Ctx {
     const char *fn = "neat_cuda";
     bool dry = true;               // sizing only: carve, but launch nothing and touch no pointer
+    bool fused = false;            // the rank-r products through fused.cuh (entry.cuh chooses)
     int device = 0;                // CUDA ordinal of the tensors
     const neat_exec *exec = nullptr;
     void *workspace = nullptr;     // the caller's buffer (NULL while sizing)
@@ -285,6 +286,9 @@ inline neat_status dispatch_dtype(neat_dtype dt, F &&f)
     }
     return neat_set_error(NEAT_ERR_INTERNAL, "neat_cuda: unknown dtype %d", static_cast<int>(dt));
 }
+
+// Shared memory a block kernel may use: what every device grants without cudaFuncSetAttribute.
+constexpr size_t kMaxSharedBytes = 48 * 1024;
 
 // Grid for a grid-stride loop over n items.
 constexpr int kThreads = 256;

@@ -13,19 +13,59 @@
 // once in the big product's epilogue. The d_out x d_in update matrix is never formed. A y that
 // cuBLAS cannot write (neither stride 1) gets both products block by block of rows in a bounded
 // stage, then a copy; the stage is reserved whatever y's layout, since the size query has no y.
+//
+// The fused path (NEAT_CUDA_RANK_PATH=fused, r <= kFusedMaxRank) replaces the U product, the
+// conversions and fills of [s U | 1] and [B | b], and the rank-r product by one kernel
+// (fused.cuh): y = s (x G^T) B^T + b, written; then y += x W^T as above (beta = 1).
 #include "blas.cuh"
 #include "elementwise.cuh"
 #include "entry.cuh"
+#include "fused.cuh"
 #include "gstack.cuh"
 
 namespace neat_cuda {
 namespace {
+
+// The fused form of project() below. The frozen product stays cuBLAS's, accumulated onto the
+// kernel's y with beta = 1: a cuBLASLt epilogue can add a bias or an activation but not a rank-r
+// product, and an augmented operand ([x | s U] against [W | B]) would copy x and W every step.
+// The kernel reads any y layout; only the product onto it needs a y cuBLAS can write.
+neat_status project_fused(Ctx &ctx, neat_tensor *y, const Mat &xg, const Mat *Wg, const Mat &G,
+                          const Mat &B, const Mat &bias, bool has_bias, double scale)
+{
+    const neat_dtype T = G.dt;
+    const int64_t n = xg.rows, d_out = B.rows;
+    Mat stage = Wg ? ctx.scratch(T, stage_rows(n, d_out, T), d_out) : Mat{};
+    const Mat yv = y ? mat_of(y) : mat_contig(nullptr, T, n, d_out);
+    RowsArgs a;
+    a.M = G;
+    a.E = B;
+    a.bias = has_bias ? bias : Mat{};
+    a.scale = scale;
+    if (!Wg || blas_ready(yv)) {
+        a.in = xg;
+        a.out = yv;
+        NEAT_CUDA_TRY(launch_fused_rows(ctx, a));
+        return Wg ? gemm(ctx, yv, xg, transposed(*Wg), 1.0, 1.0) : NEAT_OK;
+    }
+    for (int64_t i0 = 0; i0 < n && !ctx.dry; i0 += stage.rows) {
+        const int64_t m = n - i0 < stage.rows ? n - i0 : stage.rows;
+        a.in = row_slice(xg, i0, m);
+        a.out = row_slice(stage, 0, m);
+        NEAT_CUDA_TRY(launch_fused_rows(ctx, a));
+        NEAT_CUDA_TRY(gemm(ctx, a.out, a.in, transposed(*Wg), 1.0, 1.0));
+        NEAT_CUDA_TRY(launch_convert(ctx, row_slice(yv, i0, m), a.out));
+    }
+    return NEAT_OK;
+}
 
 // The part of the forward after G: U = s x G^T, then y = [U | 1] [B | b]^T [+ x W^T]. xg, Wg and
 // G are blas_ready in T (W's dtype); B and bias may be in the parameter dtype.
 neat_status project(Ctx &ctx, neat_tensor *y, const Mat &xg, const Mat *Wg, const Mat &G,
                     const Mat &B, const Mat &bias, bool has_bias, double scale)
 {
+    if (ctx.fused && fused_rank_ok(G.rows))
+        return project_fused(ctx, y, xg, Wg, G, B, bias, has_bias, scale);
     const neat_dtype T = G.dt;
     const int64_t n = xg.rows, d_out = B.rows, r = G.rows, hb = has_bias ? 1 : 0;
     Mat Ucat = ctx.scratch(T, n, r + hb);

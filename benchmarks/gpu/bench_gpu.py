@@ -8,6 +8,8 @@
 at LLaMA-7B shapes, bf16, with and without bias (LLaMA's projections have none; the kernels take
 another path when the bias rides in the rank-r product). Also, under torch.autocast(bf16) with float32
 weights as HF Trainer runs a model: NeatLinear (neat_ac) against autocast's own F.linear (frozen_ac).
+NEAT runs on both rank-r paths: neat / neatlin on the default (NEAT_CUDA_RANK_PATH=cublas), and
+neat_fused / neatlin_fused with NEAT_CUDA_RANK_PATH=fused (the kernels of cuda/fused.cu).
 Times are medians of CUDA-event timings after warm-up, over rotating input sets; memory is the peak
 allocated during one step above what was allocated before it. Prints one table of ratios; with --out
 writes bench_gpu.json and bench_gpu.md there.
@@ -28,6 +30,26 @@ import torch.nn.functional as F
 import torch_neat
 
 DT = torch.bfloat16
+
+# contender suffix -> NEAT_CUDA_RANK_PATH while it is measured (read by the library at every call)
+RANK_PATHS = {"_fused": "fused"}
+
+
+class rank_path:
+    """Sets NEAT_CUDA_RANK_PATH for a contender whose name ends in a RANK_PATHS suffix."""
+
+    def __init__(self, kind):
+        self.value = next((v for k, v in RANK_PATHS.items() if kind.endswith(k)), "cublas")
+
+    def __enter__(self):
+        self.old = os.environ.get("NEAT_CUDA_RANK_PATH")
+        os.environ["NEAT_CUDA_RANK_PATH"] = self.value
+
+    def __exit__(self, *exc):
+        if self.old is None:
+            os.environ.pop("NEAT_CUDA_RANK_PATH", None)
+        else:
+            os.environ["NEAT_CUDA_RANK_PATH"] = self.old
 
 
 # ---- contenders ------------------------------------------------------------------------------
@@ -89,6 +111,9 @@ def frozen_base(d_in, d_out, bias, dtype=DT):
 
 
 def make(kind, d_in, d_out, r, bias):
+    for suffix in RANK_PATHS:  # the same module; only the rank-r path differs (rank_path above)
+        if kind.endswith(suffix):
+            kind = kind[: -len(suffix)]
     if kind.endswith("_ac"):  # float32 weights, run under autocast (measure(..., autocast=True))
         base = frozen_base(d_in, d_out, bias, torch.float32)
         if kind == "frozen_ac":
@@ -183,7 +208,7 @@ def main():
     if args.quick:
         shapes, ns, ranks = shapes[:1], ns[:1], [16]
         args.iters = min(args.iters, 10)
-    kinds = ["frozen", "neat", "neatlin", "neat6", "lora", "peanut2", "peanut6", "authors", "authors6", "frozen_ac", "neat_ac"]
+    kinds = ["frozen", "neat", "neatlin", "neat_fused", "neatlin_fused", "neat6", "lora", "peanut2", "peanut6", "authors", "authors6", "frozen_ac", "neat_ac"]
     floors = ("frozen", "frozen_ac")  # do not depend on r: measured once per shape, N and bias
     torch.backends.cuda.matmul.allow_tf32 = False
 
@@ -205,7 +230,8 @@ def main():
                         try:
                             torch.manual_seed(0)
                             mod = make(kind, d_in, d_out, r, bias)
-                            ms, mem = measure(mod, xs, gys, args.warmup, args.iters, autocast=kind.endswith("_ac"))
+                            with rank_path(kind):
+                                ms, mem = measure(mod, xs, gys, args.warmup, args.iters, autocast=kind.endswith("_ac"))
                             res[f"{kind}_ms"], res[f"{kind}_mem"] = ms, mem
                             del mod
                         except Exception as e:  # a missing contender is reported, not fatal
@@ -228,7 +254,12 @@ def main():
         ("neat6/peanut6", "neat6_ms", "peanut6_ms", "<= 0.6"),
         ("neat/authors", "neat_ms", "authors_ms", "<= 0.6"),
         ("neat6/authors6", "neat6_ms", "authors6_ms", "<= 0.6"),
+        ("fused/frozen", "neat_fused_ms", "frozen_ms", "<= 1.15"),
+        ("fused/lora", "neat_fused_ms", "lora_ms", "<= 0.9"),
+        ("fusedlin/lora", "neatlin_fused_ms", "lora_ms", "<= 0.9"),
+        ("fused/neat", "neat_fused_ms", "neat_ms", "< 1.0"),
         ("mem neat/lora", "neat_mem", "lora_mem", "<= 1.0"),
+        ("mem fused/lora", "neat_fused_mem", "lora_mem", "<= 1.0"),
         ("autocast neat/frozen", "neat_ac_ms", "frozen_ac_ms", "<= 1.10"),
     ]
     head = ["d_in x d_out", "N", "bias", "r", "frozen ms", "neat ms"] + [c[0] for c in cols]

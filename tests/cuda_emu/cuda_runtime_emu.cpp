@@ -168,6 +168,7 @@ const char *cudaGetErrorName(cudaError_t error)
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
     default: return "cudaErrorUnknown (cuda_emu)";
     }
 }
@@ -180,6 +181,7 @@ const char *cudaGetErrorString(cudaError_t error)
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
     default: return "unknown error (cuda_emu)";
     }
 }
@@ -298,6 +300,8 @@ cudaError_t cudaMemset(void *dst, int value, size_t count)
 } // extern "C"
 
 // ---- kernel launches (cuda_emu.h) -------------------------------------------------------------
+
+void neat_emu::fail_launch(cudaError_t err) { fail(err); }
 
 bool neat_emu::launch_begin(const char *kernel, dim3 grid, dim3 block, cudaStream_t stream)
 {

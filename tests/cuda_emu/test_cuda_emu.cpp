@@ -1083,6 +1083,149 @@ void handle_pool_tests()
                 kBatch * kRounds, kBatch, after - before);
 }
 
+// ---- the two rank-r paths: launches per step, the selector, the rank limit --------------------
+
+struct Launches {
+    int kernels = 0, gemms = 0, fused = 0; // fused: launches of the fused.cuh kernels
+    int total() const { return kernels + gemms; }
+};
+
+Launches count_log()
+{
+    Launches c;
+    for (size_t i = 0; i < neat_emu_log_size(); ++i) {
+        const neat_emu_event e = neat_emu_log_at(i);
+        c.kernels += e.kind == NEAT_EMU_KERNEL;
+        c.gemms += e.kind == NEAT_EMU_BLAS;
+        c.fused += e.kind == NEAT_EMU_KERNEL && std::strncmp(e.name, "fused_", 6) == 0;
+    }
+    return c;
+}
+
+// Sets NEAT_CUDA_RANK_PATH for the calls that follow (nullptr: unset).
+void set_rank_path(const char *v)
+{
+    if (v) setenv("NEAT_CUDA_RANK_PATH", v, 1);
+    else unsetenv("NEAT_CUDA_RANK_PATH");
+}
+
+// One forward and one backward (every gradient) of s, counted; the workspaces the size queries
+// report go to *fwd_ws, *bwd_ws.
+void count_step(const Spec &s, Launches *fwd, Launches *bwd, size_t *fwd_ws, size_t *bwd_ws)
+{
+    Problem p(s);
+    Buf y;
+    y.make(s.T, s.N, s.d_out, LAYOUT_CONTIG, NAN);
+    GradBufs g(s, s.T, s.P, 1);
+    neat_emu_log_clear();
+    CHECK(exact_forward(1, &y.t, &p.args, nullptr, fwd_ws) == NEAT_OK, "%s: forward: %s",
+          describe(s).c_str(), neat_last_error());
+    *fwd = count_log();
+    neat_emu_log_clear();
+    CHECK(exact_backward(1, &g.g, &p.tdy.t, &p.args, nullptr, bwd_ws) == NEAT_OK, "%s: backward: %s",
+          describe(s).c_str(), neat_last_error());
+    *bwd = count_log();
+}
+
+void rank_path_tests()
+{
+    const char *saved = std::getenv("NEAT_CUDA_RANK_PATH");
+    const std::string keep = saved ? saved : "";
+    // The launch sequences of forward.cu and backward.cu for a linear layer with bias, no hidden
+    // layers, bfloat16 throughout, every gradient (G = act(A W) is one kernel at depth 0):
+    //   forward, cuBLAS: A W, act, U = s x G^T, convert B, fill 1, convert b, [U | 1][B | b]^T,
+    //                    x W^T                                         4 kernels + 4 GEMMs = 8
+    //   forward, fused:  A W, act, fused rows (y = s U B^T + b), x W^T  2 kernels + 2 GEMMs = 4
+    //   backward, cuBLAS: A W, act, dU, dU G, dy W, U, dy^T U, dy^T x, fill 1, dy^T 1, dU^T x,
+    //                    act', round dZ0, dZ0 W^T, A^T dZ0             4 kernels + 11 GEMMs = 15
+    //   backward, fused: A W, act, fused rows (dU and dU G), dy W, fused rows (U), fused cols
+    //                    (dB and db), dy^T x, dU^T x, act', round dZ0, dZ0 W^T, A^T dZ0
+    //                                                                  6 kernels + 6 GEMMs = 12
+    // Without bias the forward's cuBLAS path has no conversions or fills: 1 kernel + 4 GEMMs.
+    struct Want {
+        int bias;
+        Launches fwd, bwd;
+    };
+    const Want cublas[] = {{1, {4, 4, 0}, {4, 11, 0}}, {0, {1, 4, 0}, {4, 11, 0}}};
+    const Want fused[] = {{1, {2, 2, 1}, {6, 6, 3}}, {0, {2, 2, 1}, {6, 6, 3}}};
+    for (int bias = 1; bias >= 0; --bias) {
+        Spec s{40, 64, 48, 8, NEAT_ACT_GELU, 0, bias, NEAT_BFLOAT16, NEAT_BFLOAT16, LAYOUT_CONTIG,
+               0, 0.5, 9500};
+        Launches f[2], b[2];
+        size_t fws[2], bws[2];
+        set_rank_path("cublas");
+        count_step(s, &f[0], &b[0], &fws[0], &bws[0]);
+        set_rank_path("fused");
+        count_step(s, &f[1], &b[1], &fws[1], &bws[1]);
+        const Want &wc = cublas[1 - bias], &wf = fused[1 - bias];
+        const struct {
+            const char *what;
+            const Launches &got, &want;
+        } rows[] = {{"forward, cuBLAS path", f[0], wc.fwd}, {"backward, cuBLAS path", b[0], wc.bwd},
+                    {"forward, fused path", f[1], wf.fwd}, {"backward, fused path", b[1], wf.bwd}};
+        for (const auto &r : rows)
+            CHECK(r.got.kernels == r.want.kernels && r.got.gemms == r.want.gemms &&
+                      r.got.fused == r.want.fused,
+                  "bias %d, %s: %d kernels (%d fused) + %d GEMMs; the launch sequence says %d (%d) "
+                  "+ %d", bias, r.what, r.got.kernels, r.got.fused, r.got.gemms, r.want.kernels,
+                  r.want.fused, r.want.gemms);
+        CHECK(f[1].total() < f[0].total() && b[1].total() < b[0].total(),
+              "bias %d: the fused path does not launch less: forward %d vs %d, backward %d vs %d",
+              bias, f[1].total(), f[0].total(), b[1].total(), b[0].total());
+        CHECK(fws[1] <= fws[0] && bws[1] <= bws[0],
+              "bias %d: the fused path needs more workspace: forward %zu vs %zu, backward %zu vs %zu",
+              bias, fws[1], fws[0], bws[1], bws[0]);
+        std::printf("  launches per step, bias %d (kernels + cuBLAS): forward %d + %d cuBLAS path, "
+                    "%d + %d fused; backward %d + %d cuBLAS path, %d + %d fused\n",
+                    bias, f[0].kernels, f[0].gemms, f[1].kernels, f[1].gemms, b[0].kernels,
+                    b[0].gemms, b[1].kernels, b[1].gemms);
+    }
+
+    // Above kFusedMaxRank (64) the fused path is the cuBLAS one.
+    {
+        Spec s{6, 70, 66, 65, NEAT_ACT_TANH, 0, 1, NEAT_FLOAT32, NEAT_FLOAT32, LAYOUT_CONTIG, 0,
+               0.5, 9501};
+        Launches f[2], b[2];
+        size_t fws[2], bws[2];
+        set_rank_path("cublas");
+        count_step(s, &f[0], &b[0], &fws[0], &bws[0]);
+        set_rank_path("fused");
+        count_step(s, &f[1], &b[1], &fws[1], &bws[1]);
+        CHECK(f[1].fused == 0 && b[1].fused == 0 && f[1].total() == f[0].total() &&
+                  b[1].total() == b[0].total() && fws[1] == fws[0] && bws[1] == bws[0],
+              "r = 65 with NEAT_CUDA_RANK_PATH=fused: %d + %d fused launches, %d and %d in all "
+              "(cuBLAS path: %d and %d)",
+              f[1].fused, b[1].fused, f[1].total(), b[1].total(), f[0].total(), b[0].total());
+    }
+
+    // Anything else is refused by name, by the size query and the call alike.
+    {
+        Spec s{4, 16, 24, 2, NEAT_ACT_RELU, 0, 1, NEAT_FLOAT32, NEAT_FLOAT32, 0, 0, 1.0, 9502};
+        Problem p(s);
+        Buf y;
+        y.make(s.T, s.N, s.d_out, LAYOUT_CONTIG, NAN);
+        set_rank_path("Fused");
+        size_t bytes = 0;
+        neat_status st = neat_linear_forward_workspace_size(&p.args, nullptr, &bytes);
+        CHECK(st == NEAT_ERR_INVALID_ARGUMENT &&
+                  std::strstr(neat_last_error(), "NEAT_CUDA_RANK_PATH is 'Fused'") &&
+                  std::strstr(neat_last_error(), "'cublas' (the default) or 'fused'"),
+              "NEAT_CUDA_RANK_PATH=Fused, size query: status %d: %s", (int)st, neat_last_error());
+        set_rank_path("cublas");
+        CHECK(neat_linear_forward_workspace_size(&p.args, nullptr, &bytes) == NEAT_OK, "%s",
+              neat_last_error());
+        std::vector<unsigned char> ws(bytes + 1);
+        set_rank_path("bogus");
+        st = neat_linear_forward(&y.t, &p.args, ws.data(), bytes, nullptr);
+        CHECK(st == NEAT_ERR_INVALID_ARGUMENT && std::strstr(neat_last_error(), "'bogus'"),
+              "NEAT_CUDA_RANK_PATH=bogus, compute call: status %d: %s", (int)st, neat_last_error());
+        set_rank_path("");
+        CHECK(neat_linear_forward(&y.t, &p.args, ws.data(), bytes, nullptr) == NEAT_OK,
+              "NEAT_CUDA_RANK_PATH empty (the default): %s", neat_last_error());
+    }
+    set_rank_path(saved ? keep.c_str() : nullptr);
+}
+
 } // namespace
 
 int main()
@@ -1098,6 +1241,7 @@ int main()
     tf32_tests();
     alignment_tests();
     handle_pool_tests();
+    rank_path_tests();
     CHECK(neat_emu_violations() == 0, "%d violations of the CUDA runtime / cuBLAS rules; last: %s",
           neat_emu_violations(), neat_emu_last_violation());
     return check_exit("test_cuda_emu");

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tests/gpu/run.sh - build torch-neat with the CUDA backend against the torch found here, then run
 # the GPU checks (pytest tests/gpu), compute-sanitizer (memcheck, racecheck, initcheck) and the GPU
-# benchmark. Meant for the lent GPU machine (never CI). Usage, from the repository root:
+# benchmark. The checks and the sanitizers run once per rank-r path (NEAT_CUDA_RANK_PATH=cublas, the
+# default, and fused: the shared-memory kernels of cuda/fused.cu, which also get synccheck). Meant for the lent GPU machine (never CI). Usage, from the repository root:
 #
 #   tests/gpu/run.sh [stage ...]      stages: build test sanitize bench (default: all four)
 #
@@ -52,6 +53,9 @@ fi
 if has test; then
   # shellcheck disable=SC2086
   step pytest "$PY" -m pytest tests/gpu -q -rfE -p no:cacheprovider --junitxml="$OUT/pytest.xml" ${PYTEST_ARGS:-}
+  # shellcheck disable=SC2086
+  NEAT_CUDA_RANK_PATH=fused step pytest_fused "$PY" -m pytest tests/gpu -q -rfE -p no:cacheprovider \
+    --junitxml="$OUT/pytest_fused.xml" ${PYTEST_ARGS:-}
 fi
 
 if has sanitize; then
@@ -62,7 +66,13 @@ if has sanitize; then
     step racecheck compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" tests/gpu/sanitize_smoke.py
     # reads of device memory no one wrote (a workspace or output slice the kernels forget to fill)
     step initcheck compute-sanitizer --tool initcheck --error-exitcode 9 "$PY" tests/gpu/sanitize_smoke.py
-    unset PYTORCH_NO_CUDA_MEMORY_CACHING
+    # the fused path: shared memory and barriers (racecheck: shared-memory hazards; synccheck: a
+    # __syncthreads not every thread reaches)
+    export NEAT_CUDA_RANK_PATH=fused
+    for tool in memcheck racecheck synccheck initcheck; do
+      step "${tool}_fused" compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" tests/gpu/sanitize_smoke.py
+    done
+    unset NEAT_CUDA_RANK_PATH PYTORCH_NO_CUDA_MEMORY_CACHING
   else
     echo "compute-sanitizer not found"; failed+=(sanitize)
   fi

@@ -1,6 +1,7 @@
 """A short run of every op for compute-sanitizer (memcheck, racecheck, initcheck): small shapes, every
-dtype path, hidden layers, bias and none, N = 0, non-contiguous inputs and outputs, autocast. Prints OK
-at the end."""
+dtype path, hidden layers, bias and none, N = 0, non-contiguous inputs and outputs, autocast, and a
+shape that spans several blocks and tiles of the fused rank-r kernels (run.sh runs it on both rank-r
+paths). Prints OK at the end."""
 
 import torch
 
@@ -10,16 +11,16 @@ dev = "cuda"
 torch.manual_seed(0)
 
 
-def case(dt, pdt, n, depth, bias, transpose):
+def case(dt, pdt, n, depth, bias, transpose, r=3):
     x = torch.randn(n, 37, device=dev, dtype=dt)
     W = torch.randn(53, 37, device=dev, dtype=dt) / 6
     if transpose:
         x = x.t().contiguous().t()
         W = W.t().contiguous().t()
     b = torch.randn(53, device=dev, dtype=dt) if bias else None
-    A = torch.randn(3, 53, device=dev, dtype=pdt) / 7
-    B = torch.randn(53, 3, device=dev, dtype=pdt) / 2
-    H = [torch.randn(3, 3, device=dev, dtype=pdt) / 2 for _ in range(depth - 2)]
+    A = torch.randn(r, 53, device=dev, dtype=pdt) / 7
+    B = torch.randn(53, r, device=dev, dtype=pdt) / 2
+    H = [torch.randn(r, r, device=dev, dtype=pdt) / 2 for _ in range(depth - 2)]
     leaves = [t.requires_grad_() for t in (x, W, b, A, B, *H) if t is not None]
     y = torch_neat.linear(x, W, b, A, B, H, "gelu", 0.5)
     y.sum().backward()
@@ -32,6 +33,7 @@ def case(dt, pdt, n, depth, bias, transpose):
 for dt, pdt in [(torch.float32, torch.float32), (torch.float64, torch.float64), (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32)]:
     for n, depth, bias, tr in [(5, 2, True, False), (7, 6, False, True), (0, 4, True, False), (1, 10, True, True)]:
         case(dt, pdt, n, depth, bias, tr)
+    case(dt, pdt, 100, 2, True, False, r=16)  # 7 row blocks, 2 K tiles, 2 column tiles
 # torch.autocast over float32 weights and adapters (the HF Trainer setup): half x and W with float32
 # adapters, through the registered ops and through NeatLinear's fast path
 for ac in (torch.bfloat16, torch.float16):

@@ -455,3 +455,69 @@ def test_neat_linear_and_tiny_llama_under_autocast():
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0] - 0.05, losses
     assert seen and all(d == torch.bfloat16 for d in seen), f"NEAT layers ran their base GEMM in {set(seen)}"
+
+
+# ---- the two rank-r paths (NEAT_CUDA_RANK_PATH, cuda/entry.cuh) ---------------------------------
+# tests/gpu/run.sh runs this whole file once per path; the tests below set the path themselves.
+
+RANK_PATHS = ["cublas", "fused"]
+
+
+@pytest.mark.parametrize("dtypes", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("r", [1, 8, 16, 32, 64, 65])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("with_base", [True, False], ids=["linear", "adapter"])
+def test_rank_paths_match_reference_and_each_other(monkeypatch, dtypes, r, bias, with_base):
+    # N, d_in and d_out are not multiples of any tile of the fused kernels (16 rows, 32 columns);
+    # r = 65 is past the fused kernels' limit, where the fused path is the cuBLAS one.
+    dt, pdt = dtypes
+    if not with_base and bias:
+        pytest.skip("the adapter op has no bias")
+    x, W, b, A, B, H = make_inputs((1001,), 200, 301, r, 2, dt, pdt, bias=bias, act="gelu")
+    runs = {}
+    for path in RANK_PATHS:
+        monkeypatch.setenv("NEAT_CUDA_RANK_PATH", path)
+        runs[path] = run_both(x, W, b, A, B, H, "gelu", 0.7, with_base, seed=r)
+        check_all(runs[path])
+    c, f = runs["cublas"], runs["fused"]
+    gc.check("fused vs cublas: output", f.y, c.y.to(torch.float64), dt)
+    for (name, tf, _), (_, tc, _) in zip(f.targets, c.targets):
+        if name not in c.scales:  # dA, dH: the reference check above bounds them
+            gc.check(f"fused vs cublas: d{name}", tf.grad, tc.grad.to(torch.float64), dt)
+
+
+def _kernels_per_step(x, W, b, A, B, H):
+    """CUDA kernel launches of one forward + backward (cuBLAS's included), from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    leaves = [t.detach().clone().requires_grad_() for t in (x, A, B)]
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        y = torch_neat.linear(leaves[0], W, b, leaves[1], leaves[2], H, "relu", 2.0)
+        y.backward(torch.ones_like(y))
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    # the ones_like fill and autograd's own work are the same on both paths
+    return len(kernels), sorted({e.name for e in kernels})
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_fused_path_launches_fewer_kernels(monkeypatch, bias):
+    x, W, b, A, B, H = make_inputs((2048,), 1024, 1024, 16, 2, torch.bfloat16, torch.bfloat16, bias=bias)
+    counts = {}
+    for path in RANK_PATHS:
+        monkeypatch.setenv("NEAT_CUDA_RANK_PATH", path)
+        _kernels_per_step(x, W, b, A, B, H)  # warm-up: handles, allocator
+        counts[path] = _kernels_per_step(x, W, b, A, B, H)
+    print(f"kernels per step (bias={bias}): cublas {counts['cublas'][0]}, fused {counts['fused'][0]}; "
+          f"fused kernels: {[n for n in counts['fused'][1] if 'fused_' in n]}")
+    assert any("fused_rows" in n for n in counts["fused"][1]), counts["fused"][1]
+    assert not any("fused_" in n for n in counts["cublas"][1]), counts["cublas"][1]
+    assert counts["fused"][0] < counts["cublas"][0], counts
+
+
+def test_rank_path_unknown_value_is_refused(monkeypatch):
+    x, W, b, A, B, H = make_inputs((4,), 16, 24, 2, 2, torch.float32, torch.float32)
+    monkeypatch.setenv("NEAT_CUDA_RANK_PATH", "fast")
+    with pytest.raises((RuntimeError, ValueError), match="NEAT_CUDA_RANK_PATH"):
+        torch_neat.linear(x, W, b, A, B, H, "relu", 1.0)
