@@ -168,11 +168,28 @@ def _inputs(s: Shape, requires_grad: bool, dtype=torch.float32):
     return x, w, b, A, B, H
 
 
+def _qweight(s: Shape):
+    g = torch.Generator().manual_seed(1)
+    n, bs = s.d_out * s.d_in, 64
+    nblocks = -(-n // bs)
+    qw = [
+        torch.randint(0, 256, (-(-n // 2),), generator=g, dtype=torch.uint8),
+        torch.linspace(-1, 1, 16),
+        torch.randint(0, 256, (nblocks,), generator=g, dtype=torch.uint8),
+        torch.linspace(-1, 1, 256),
+        torch.rand(-(-nblocks // 256), generator=g) + 0.5,
+    ]
+    return qw, [1, s.d_out, s.d_in, bs, 256]
+
+
 def _op_fn(op: str, s: Shape, backward: bool) -> Callable[[], None]:
     x, w, b, A, B, H = _inputs(s, requires_grad=backward)
     ops = torch.ops.neat
     if op == "linear":
         f = lambda: ops.linear(x, w, b, A, B, H, "gelu", 0.5)
+    elif op == "qlinear":  # a nested 4-bit weight made by hand (the arrays are the format)
+        qw, qm = _qweight(s)
+        f = lambda: ops.qlinear(x, qw, qm, 0.25, b, A, B, H, "gelu", 0.5)
     elif op == "adapter":
         f = lambda: ops.adapter(x, w, A, B, H, "silu", 0.5)
     else:
@@ -230,7 +247,9 @@ class Case:
 def cases() -> List[Case]:
     out = []
     for s in SHAPES:
-        for op in ("linear", "adapter", "compute_g"):
+        # one quantized op on the two small shapes (its C path is the float one's plus the panel loops)
+        quantized = ("qlinear",) if s in SHAPES[:2] else ()
+        for op in ("linear", "adapter", "compute_g", *quantized):
             modes = [("fwd_nograd", False)] + ([] if op == "compute_g" else [("fwd_bwd", True)])
             for mode, backward in modes:
                 out.append(Case(f"{op}-{mode}-{s.name}", (lambda op=op, s=s, backward=backward: _op_fn(op, s, backward)), s.calls, s.threads))
