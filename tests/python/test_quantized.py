@@ -321,3 +321,28 @@ def test_save_load_export_and_merge_and_unload(tmp_path):
     assert type(plain[0]) is nn.Linear and plain[0].weight.dtype == torch.float32
     with torch.no_grad():
         assert rel_err(plain(x), want) < 1e-5
+
+
+@pytest.mark.parametrize("load", ["load_in_4bit", "load_in_8bit"])
+def test_a_transformers_bitsandbytes_model_patches_as_it_is(tmp_path, load):
+    from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    quant = BitsAndBytesConfig(**{load: True}, bnb_4bit_compute_dtype=torch.float32)
+    model = _quiet(lambda: LlamaForCausalLM.from_pretrained(tmp_path, quantization_config=quant, device_map="cpu",
+                                                            dtype=torch.float32))
+    model = torch_neat.get_neat_model(model, torch_neat.NeatConfig(r=4))  # the family's q_proj / v_proj
+    layers = dict(torch_neat.neat_layers(model))
+    assert len(layers) == 4 and all(layer.quantized for layer in layers.values())
+    ids = torch.randint(0, 128, (2, 16))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(4):
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
