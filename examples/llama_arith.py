@@ -363,9 +363,34 @@ def matched_neat_rank(shapes, lora_r: int, depth: int) -> int:
     return min(range(1, 8 * lora_r + 1), key=lambda r: (abs(neat_count(shapes, r, depth) - budget), r))
 
 
+def quantize_linears(model: nn.Module, kind: str) -> nn.Module:
+    """Every nn.Linear of the decoder (not lm_head) as a bitsandbytes layer, QLoRA's base: "nf4" (Linear4bit,
+    nested absmax, float32 compute) or "int8" (Linear8bitLt, LLM.int8 without fp16 weights). In place."""
+    import bitsandbytes as bnb
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not nn.Linear or name == "lm_head":
+                continue
+            w, b = child.weight.data, child.bias
+            if kind == "nf4":
+                q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=b is not None, quant_type="nf4",
+                                      compute_dtype=torch.float32)
+                q.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type="nf4")
+            else:
+                q = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=b is not None, has_fp16_weights=False)
+                q.weight = bnb.nn.Int8Params(w, requires_grad=False, has_fp16_weights=False)
+            if b is not None:
+                q.bias = nn.Parameter(b.data, requires_grad=False)
+            setattr(parent, name, q.to(w.device))
+    return model
+
+
 def build_model(method: str, activation: str, make_model: Callable[[], nn.Module], args) -> nn.Module:
     torch.manual_seed(args.seed)
     model = make_model()
+    if getattr(args, "quantize", None):
+        model = quantize_linears(model, args.quantize)
     targets = args.targets
     if method == "neat":
         import torch_neat
@@ -600,6 +625,8 @@ def parse_args(argv=None):
     p.add_argument("--plot", default="llama-arith/training_curves.png", help="PNG of losses and accuracies ('' to skip)")
     p.add_argument("--json", default="llama-arith/results.json", help="every run's numbers and losses ('' to skip)")
     p.add_argument("--no-isolate", action="store_true", help="on CPU, run all methods in this process")
+    p.add_argument("--quantize", choices=["nf4", "int8"], default=None,
+                   help="a bitsandbytes base (QLoRA-style): every decoder linear layer quantized; NEAT and LoRA only")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     args = p.parse_args(argv)
     args.targets = ALL_LINEAR if args.targets == "all-linear" else [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -662,6 +689,10 @@ def main(argv=None) -> dict:
     runs = [r for r in runs if r not in skipped]
     for m, a in skipped:
         print(f"note: {NAMES[m]} skipped for {a}: PEFT's PEANuT takes transformers' activation names only")
+    if args.quantize:  # torch_neat.peft refuses a quantized base, and PEFT's own PEANuT would read its codes as W
+        for m, a in [r for r in runs if r[0].startswith("peanut")]:
+            print(f"note: {NAMES[m]} skipped: PEANuT layers on a quantized base are not supported")
+        runs = [r for r in runs if not r[0].startswith("peanut")]
     rows = []
     try:
         for k, seed in enumerate(seeds):

@@ -129,3 +129,19 @@ def test_real_model_few_steps_every_method(la, tmp_path, capsys, monkeypatch):
     assert plot.is_file() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     saved = json.loads(results.read_text())
     assert len(saved["rows"]) == 10 and 0.0 <= saved["before"] <= 1.0
+
+
+def test_real_model_few_steps_on_a_4bit_base(la, tmp_path, capsys):
+    """--quantize nf4: every decoder linear layer a bitsandbytes Linear4bit; NEAT and PEFT LoRA (QLoRA) train on
+    it with the same budget, and PEANuT is skipped with a note."""
+    la.model_dir()
+    out = la.main(["--methods", "neat,lora,peanut", "--quantize", "nf4", "--steps", "2", "--batch-size", "2",
+                   "--train-size", "24", "--test-size", "3", "--eval-batch-size", "3", "--no-isolate", "--no-progress",
+                   "--device", "cpu", "--plot", "", "--json", str(tmp_path / "q.json")])
+    rows = {la.row_key(r): r for r in out["rows"]}
+    assert sorted(rows) == ["lora", "neat"]
+    assert "PEANuT layers on a quantized base are not supported" in capsys.readouterr().out
+    assert rows["lora"]["trainable"] == rows["neat"]["trainable"] == 460_800
+    first = [r["losses"][0] for r in rows.values()]
+    assert abs(first[0] - first[1]) < 1e-4, first  # B starts at zero: both compute the 4-bit base model
+    assert all(math.isfinite(v) for r in rows.values() for v in r["losses"])
