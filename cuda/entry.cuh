@@ -37,16 +37,21 @@ inline neat_status rank_path(const char *fn, bool *fused)
 }
 
 namespace entry_detail {
+inline void init_ctx(Ctx &ctx, const char *fn, bool dry, bool fused, int device, const neat_exec *exec)
+{
+    ctx.fn = neat_message_prefix(exec, fn);
+    ctx.dry = dry;
+    ctx.fused = fused;
+    ctx.device = device;
+    ctx.exec = exec;
+}
+
 template <typename Plan>
 neat_status plan_size_on(const char *fn, bool fused, int device, const neat_exec *exec,
                          size_t *bytes, Plan &plan)
 {
     Ctx ctx;
-    ctx.fn = neat_message_prefix(exec, fn);
-    ctx.dry = true;
-    ctx.fused = fused;
-    ctx.device = device;
-    ctx.exec = exec;
+    init_ctx(ctx, fn, /*dry=*/true, fused, device, exec);
     NEAT_CUDA_TRY(plan(ctx));
     *bytes = ctx.carver.used;
     return NEAT_OK;
@@ -77,11 +82,7 @@ neat_status plan_run(const char *fn, int device, const neat_exec *exec, void *wo
                               "reported less (%zu bytes given): a bug in the CUDA backend",
                               neat_message_prefix(exec, fn), need, workspace_bytes);
     Ctx ctx;
-    ctx.fn = neat_message_prefix(exec, fn);
-    ctx.dry = false;
-    ctx.fused = fused;
-    ctx.device = device;
-    ctx.exec = exec;
+    entry_detail::init_ctx(ctx, fn, /*dry=*/false, fused, device, exec);
     ctx.workspace = workspace;
     return plan(ctx);
 }

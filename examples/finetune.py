@@ -34,7 +34,6 @@ import math
 import os
 import random
 import re
-import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -189,19 +188,6 @@ def build_model(method: str, make_encoder: Callable[[], nn.Module], args) -> nn.
 # Training and evaluation
 
 
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return float("nan")
-
-
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, data: dict, device: torch.device, batch_size: int) -> float:
     model.eval()
@@ -235,7 +221,7 @@ def train_and_evaluate(method: str, make_encoder, train: dict, test: dict, args,
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
-    rss_before = _rss_mb()
+    rss_before = seed_report.rss_mb()
     model.train()
     bar = tqdm(total=total, desc=f"{method:>6}", disable=not progress, dynamic_ncols=True, leave=True)
     start = time.perf_counter()
@@ -248,24 +234,13 @@ def train_and_evaluate(method: str, make_encoder, train: dict, test: dict, args,
             idx = order[i:i + args.batch_size]
             batch = {k: v[idx].to(device) for k, v in train.items()}
             loss = model(**batch).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            seed_report.train_step(loss, opt, sched, losses)
             step += 1
-            losses.append(loss.item())
             loss_ema = losses[-1] if loss_ema is None else 0.95 * loss_ema + 0.05 * losses[-1]
             bar.set_postfix(loss=f"{loss_ema:.3f}")
             bar.update(1)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    train_s = time.perf_counter() - start
+    train_s, peak, added = seed_report.end_of_training(device, start, rss_before)
     bar.close()
-    if device.type == "cuda":
-        peak, added = torch.cuda.max_memory_allocated(device) / 2**20, float("nan")
-    else:
-        peak = _peak_rss_mb()
-        added = peak - rss_before
     scored = test if args.max_eval <= 0 else {k: v[:args.max_eval] for k, v in test.items()}
     accuracy = evaluate(model, scored, device, args.batch_size * 4)
     row = {"method": method, "seed": args.seed, "trainable": n_trainable, "accuracy": accuracy, "train_s": train_s,
@@ -339,34 +314,30 @@ def run_isolated(method, make_encoder, train, test, args) -> dict:
 NAMES = {"neat": "NEAT (torch-neat)", "lora": "LoRA (PEFT)", "head": "head only", "peanut": "PEANuT (PEFT, unaccelerated)"}
 
 
-def format_table(rows: list[dict], device: str) -> str:
-    """One line per method; over several seeds each cell is mean ± sample std (a single run prints as before)."""
-    mem = "peak CUDA MiB" if device.startswith("cuda") else "peak RSS MiB (+train)"
-    head = f"| method | trainable params | test accuracy | train time (s) | {mem} |"
-    lines = [head, "| --- | ---: | ---: | ---: | ---: |"]
-    for method in seed_report.methods_in_order(rows):
-        runs = [r for r in rows if r["method"] == method]
-        acc = seed_report.mean_std(100 * r["accuracy"] for r in runs)
-        train = seed_report.mean_std(r["train_s"] for r in runs)
-        m = seed_report.memory_cell(runs)
-        lines.append(f"| {NAMES.get(method, method)} | {runs[0]['trainable']:,d} | "
-                     f"{seed_report.fmt(acc[0], acc[1], '.2f', '%')} | {seed_report.fmt(train[0], train[1])} | {m} |")
-    return "\n".join(lines)
-
-
 def format_spread(rows: list[dict]) -> str:
     """What the ± means, and NEAT - LoRA accuracy paired by seed (empty for one seed)."""
-    seeds = sorted({r["seed"] for r in rows})
-    if len(seeds) < 2:
+    head = seed_report.spread_head(rows)
+    if not head:
         return ""
-    text = (f"mean ± sample standard deviation over {len(seeds)} seeds ({', '.join(map(str, seeds))}); each seed "
-            "draws its own train/test split, initialisation and batch order")
+    text = head + "; each seed draws its own train/test split, initialisation and batch order"
     methods = seed_report.methods_in_order(rows)
     if "neat" in methods and "lora" in methods:
         d, sd, n = seed_report.paired_difference(rows, "neat", "lora", "accuracy")
         text += (f"\nNEAT - LoRA test accuracy, paired by seed: {seed_report.fmt(100 * d, 100 * sd, '+.2f')} points "
                  f"(n = {n})")
     return text
+
+
+def format_table(rows: list[dict], device: str) -> str:
+    """One line per method; over several seeds each cell is mean ± sample std (a single run prints as before)."""
+    mem = "peak CUDA MiB" if device.startswith("cuda") else "peak RSS MiB (+train)"
+    head = f"| method | trainable params | test accuracy | train time (s) | {mem} |"
+    lines = [head, "| --- | ---: | ---: | ---: | ---: |"]
+    for method, runs in seed_report.runs_by_method(rows):
+        acc, train, m = seed_report.run_summary(runs)
+        lines.append(f"| {NAMES.get(method, method)} | {runs[0]['trainable']:,d} | "
+                     f"{seed_report.fmt(acc[0], acc[1], '.2f', '%')} | {seed_report.fmt(train[0], train[1])} | {m} |")
+    return "\n".join(lines)
 
 
 def plot_path_for(args) -> str:

@@ -46,7 +46,6 @@ import math
 import os
 import random
 import re
-import resource
 import shutil
 import sys
 import tempfile
@@ -424,19 +423,6 @@ def peft_activation_ok(activation: str) -> bool:
 # Training
 
 
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return float("nan")
-
-
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-
-
 def train_model(method: str, activation: str, make_model, tokenizer, train: list, args) -> tuple[nn.Module, dict]:
     """Trains one method for args.steps; returns the model and its row (time, tokens/s, memory, losses)."""
     from tqdm.auto import tqdm
@@ -456,7 +442,7 @@ def train_model(method: str, activation: str, make_model, tokenizer, train: list
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
-    rss_before = _rss_mb()
+    rss_before = seed_report.rss_mb()
     model.train()
     label = method if activation == "relu" or method == "lora" else f"{method} {activation}"
     bar = tqdm(total=args.steps, desc=f"{label:>12}", disable=not progress, dynamic_ncols=True, leave=True)
@@ -470,23 +456,12 @@ def train_model(method: str, activation: str, make_model, tokenizer, train: list
         tokens += int(batch["attention_mask"].sum())
         batch = {k: v.to(device) for k, v in batch.items()}
         loss = answer_loss(model, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        seed_report.train_step(loss, opt, sched, losses)
         step += 1
-        losses.append(loss.item())
         bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
         bar.update(1)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    train_s = time.perf_counter() - start
+    train_s, peak, added = seed_report.end_of_training(device, start, rss_before)
     bar.close()
-    if device.type == "cuda":
-        peak, added = torch.cuda.max_memory_allocated(device) / 2**20, float("nan")
-    else:
-        peak = _peak_rss_mb()
-        added = peak - rss_before
     return model, {"method": method, "activation": activation if method != "lora" else "", "seed": args.seed,
                    "trainable": n_trainable, "train_s": train_s, "tokens_per_s": tokens / train_s, "peak_mb": peak,
                    "added_mb": added, "steps": step, "losses": losses}
@@ -558,24 +533,20 @@ def format_table(rows: list[dict], device: str, baseline: Optional[float] = None
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     if baseline is not None:
         lines.append(f"| before training | 0 | {100 * baseline:.1f}% | | | |")
-    for key in seed_report.methods_in_order(keyed):
-        runs = [r for r in keyed if r["method"] == key]
-        acc = seed_report.mean_std(100 * r["accuracy"] for r in runs)
-        train = seed_report.mean_std(r["train_s"] for r in runs)
+    for key, runs in seed_report.runs_by_method(keyed):
+        acc, train, m = seed_report.run_summary(runs)
         tps = seed_report.mean_std(r["tokens_per_s"] for r in runs)
-        m = seed_report.memory_cell(runs)
         lines.append(f"| {row_name(key)} | {runs[0]['trainable']:,d} | {seed_report.fmt(acc[0], acc[1], '.1f', '%')} | "
                      f"{seed_report.fmt(train[0], train[1])} | {seed_report.fmt(tps[0], tps[1], '.0f')} | {m} |")
     return "\n".join(lines)
 
 
 def format_spread(rows: list[dict]) -> str:
-    seeds = sorted({r["seed"] for r in rows})
-    if len(seeds) < 2:
+    head = seed_report.spread_head(rows)
+    if not head:
         return ""
     keyed = [dict(r, method=row_key(r)) for r in rows]
-    text = (f"mean ± sample standard deviation over {len(seeds)} seeds ({', '.join(map(str, seeds))}); the seed "
-            "picks the adapter initialisation and the batch order, the problems are the same")
+    text = head + "; the seed picks the adapter initialisation and the batch order, the problems are the same"
     keys = seed_report.methods_in_order(keyed)
     for key in keys:
         if key.startswith("neat") and "lora" in keys:

@@ -7,7 +7,9 @@ Used by examples/finetune.py and examples/llama_arith.py; matplotlib is needed o
 from __future__ import annotations
 
 import math
+import os
 import statistics
+import sys
 from typing import Callable, Iterable, Optional, Sequence
 
 
@@ -168,3 +170,64 @@ def plot_runs(rows: Sequence[dict], path: str, names: dict, title: str, accuracy
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def run_summary(runs: list) -> tuple:
+    """One method's runs as the tables show them: accuracy in % and train seconds (each as mean_std), and
+    the memory cell."""
+    return (mean_std(100 * r["accuracy"] for r in runs), mean_std(r["train_s"] for r in runs), memory_cell(runs))
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now, MiB (nan where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MiB."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def end_of_training(device, start: float, rss_before: float) -> tuple[float, float, float]:
+    """(train seconds since ``start``, peak memory MiB, MiB added since ``rss_before``) once the last step
+    has run: on CUDA after a synchronize, from the allocator's peak (added: nan); on CPU from the peak RSS."""
+    import time
+
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    train_s = time.perf_counter() - start
+    if device.type == "cuda":
+        return train_s, torch.cuda.max_memory_allocated(device) / 2**20, float("nan")
+    peak = peak_rss_mb()
+    return train_s, peak, peak - rss_before
+
+
+def runs_by_method(rows: Sequence[dict]) -> list:
+    """``(method, its runs)`` for each method, in the order the methods first appear."""
+    return [(m, [r for r in rows if r["method"] == m]) for m in methods_in_order(rows)]
+
+
+def spread_head(rows: Sequence[dict]) -> str:
+    """"mean ± sample standard deviation over N seeds (...)", or "" when the rows hold fewer than two seeds."""
+    seeds = sorted({r["seed"] for r in rows})
+    if len(seeds) < 2:
+        return ""
+    return f"mean ± sample standard deviation over {len(seeds)} seeds ({', '.join(map(str, seeds))})"
+
+
+def train_step(loss, opt, sched, losses: list) -> None:
+    """Backward through ``loss``, one optimizer and scheduler step, and the loss appended to ``losses``."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    losses.append(loss.item())

@@ -87,10 +87,9 @@ neat_status neat_cpu_qbackward_workspace_size(const neat_grads *grads, const nea
     neat_bwd_plan p;
     (void)with_base; /* one layout serves both: it sizes every product either one runs */
     neat_tensor shape;
-    neat_args a = *args;
-    if (qw)
-        shape = neat_qweight_shape(qw), a.weight = &shape;
-    *bytes = neat_bwd_layout(grads, &a, qw, exec, NULL, &p);
+    neat_args a;
+    args = neat_qargs(args, qw, &a, &shape);
+    *bytes = neat_bwd_layout(grads, args, qw, exec, NULL, &p);
     return NEAT_OK;
 }
 
@@ -107,10 +106,8 @@ neat_status neat_cpu_qbackward(const neat_grads *grads, const neat_tensor *dy,
     (void)workspace_bytes; /* checked by dispatch against the same layout */
     neat_bwd_plan p;
     neat_tensor shape;
-    neat_args a = *args;
-    if (qw)
-        shape = neat_qweight_shape(qw), a.weight = &shape;
-    args = &a;
+    neat_args a;
+    args = neat_qargs(args, qw, &a, &shape);
     neat_bwd_layout(grads, args, qw, exec, workspace, &p);
     const neat_tensor *x = args->x, *W = args->weight, *B = args->B;
     neat_dtype dt = W->dtype;

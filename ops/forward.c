@@ -76,10 +76,9 @@ neat_status neat_cpu_qforward_workspace_size(const neat_args *args, const neat_q
 {
     neat_fwd_bufs b;
     neat_tensor shape;
-    neat_args a = *args;
-    if (qw)
-        shape = neat_qweight_shape(qw), a.weight = &shape;
-    *bytes = neat_fwd_layout(&a, qw, with_base, exec, NULL, &b);
+    neat_args a;
+    args = neat_qargs(args, qw, &a, &shape);
+    *bytes = neat_fwd_layout(args, qw, with_base, exec, NULL, &b);
     return NEAT_OK;
 }
 
@@ -96,10 +95,8 @@ neat_status neat_cpu_qforward(neat_tensor *y, const neat_args *args, const neat_
     (void)workspace_bytes; /* checked by dispatch against the same layout */
     neat_fwd_bufs b;
     neat_tensor shape;
-    neat_args a = *args;
-    if (qw)
-        shape = neat_qweight_shape(qw), a.weight = &shape;
-    args = &a;
+    neat_args a;
+    args = neat_qargs(args, qw, &a, &shape);
     neat_fwd_layout(args, qw, with_base, exec, workspace, &b);
     const neat_tensor *x = args->x, *W = args->weight, *B = args->B;
     neat_dtype dt = W->dtype;
@@ -135,10 +132,9 @@ neat_status neat_cpu_qcompute_g_workspace_size(const neat_args *args, const neat
 {
     (void)exec; /* the stack's parallel split never depends on the thread count */
     neat_tensor shape;
-    neat_args a = *args;
-    if (qw)
-        shape = neat_qweight_shape(qw), a.weight = &shape;
-    *bytes = neat_gstack_scratch_bytes(&a, qw, 0);
+    neat_args a;
+    args = neat_qargs(args, qw, &a, &shape);
+    *bytes = neat_gstack_scratch_bytes(args, qw, 0);
     return NEAT_OK;
 }
 
@@ -153,10 +149,9 @@ neat_status neat_cpu_qcompute_g(neat_tensor *G, const neat_args *args, const nea
 {
     (void)workspace_bytes;
     neat_tensor shape;
-    neat_args a = *args;
-    if (qw)
-        shape = neat_qweight_shape(qw), a.weight = &shape;
-    neat_gstack_forward(&a, qw, G->data, G->strides[0], G->strides[1], workspace, exec);
+    neat_args a;
+    args = neat_qargs(args, qw, &a, &shape);
+    neat_gstack_forward(args, qw, G->data, G->strides[0], G->strides[1], workspace, exec);
     return NEAT_OK;
 }
 

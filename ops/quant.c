@@ -204,6 +204,17 @@ neat_status neat_check_qweight_fields(neat_check *c, const neat_qweight *q)
     return neat_check_int8(c, q);
 }
 
+const neat_args *neat_qargs(const neat_args *args, const neat_qweight *qw, neat_args *copy,
+                            neat_tensor *shape)
+{
+    if (!qw)
+        return args;
+    *copy = *args;
+    *shape = neat_qweight_shape(qw);
+    copy->weight = shape;
+    return copy;
+}
+
 neat_tensor neat_qweight_shape(const neat_qweight *q)
 {
     neat_tensor t;

@@ -36,6 +36,10 @@ neat_status neat_check_qweight_fields(neat_check *c, const neat_qweight *q);
 /* A view with q's shape, dtype and device and no data: what the code that reads only weight's
  * shape and dtype sees in a quantized call. */
 neat_tensor neat_qweight_shape(const neat_qweight *q);
+/* args as the float code reads them: without qw, args itself; with qw, a copy in *copy whose weight is
+ * *shape, the data-less view of qw's dims and dtype (the values come through qw). */
+const neat_args *neat_qargs(const neat_args *args, const neat_qweight *qw, neat_args *copy,
+                            neat_tensor *shape);
 
 /* W[i0 : i0 + rows, k0 : k0 + cols] into dst (row-major, row stride ld elements) in dtype
  * (float32 or float64). */

@@ -19,6 +19,7 @@ extern "C" {
 #include "check.h"
 }
 #include "emu_log.h"
+#include "emu_test.h"
 
 using namespace neat_cuda;
 
@@ -212,7 +213,5 @@ int main()
     static_shared_tests();
     divergence_tests();
     grid_stride_barrier_test();
-    CHECK(neat_emu_violations() == 0, "%d violations; last: %s", neat_emu_violations(),
-          neat_emu_last_violation());
-    return check_exit("test_block_emu");
+    return emu_test_exit("test_block_emu");
 }

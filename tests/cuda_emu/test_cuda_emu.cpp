@@ -31,6 +31,7 @@ extern "C" {
 #include "util.h"
 }
 #include "emu_log.h"
+#include "emu_test.h"
 
 namespace {
 
@@ -48,18 +49,6 @@ const char *dtype_name(neat_dtype d)
 }
 
 size_t esize(neat_dtype d) { return d == NEAT_FLOAT64 ? 8 : d == NEAT_FLOAT32 ? 4 : 2; }
-
-// v rounded to what dtype holds, the way the device rounds (the toolkit's own conversions).
-double round_dt(neat_dtype d, double v)
-{
-    switch (d) {
-    case NEAT_FLOAT64: return v;
-    case NEAT_FLOAT32: return static_cast<float>(v);
-    case NEAT_FLOAT16: return __half2float(__float2half_rn(static_cast<float>(v)));
-    case NEAT_BFLOAT16: return __bfloat162float(__float2bfloat16_rn(static_cast<float>(v)));
-    }
-    return v;
-}
 
 // A 2-D (or 1-D) strided device view in any dtype; device memory is host memory here.
 struct Buf {
@@ -169,7 +158,7 @@ std::vector<double> rand_vals(uint64_t *rng, int64_t n, double amp, neat_dtype d
 {
     std::vector<double> v(static_cast<size_t>(n > 0 ? n : 1));
     fill_random(rng, v.data(), n, -amp, amp);
-    for (auto &x : v) x = round_dt(dt, x);
+    for (auto &x : v) x = emu_round_to(dt, x);
     return v;
 }
 
@@ -252,12 +241,12 @@ struct Problem {
         // rounded values, so the comparison measures the kernels, not that choice (and
         // mixed_equals_half_tests checks the rule itself, bit for bit).
         A_ref = A, B_ref = B;
-        for (auto &v : A_ref) v = round_dt(s.T, v);
-        for (auto &v : B_ref) v = round_dt(s.T, v);
+        for (auto &v : A_ref) v = emu_round_to(s.T, v);
+        for (auto &v : B_ref) v = emu_round_to(s.T, v);
         ref.A = A_ref.data(), ref.B = B_ref.data();
         for (int i = 0; i < s.num_hidden; ++i) {
             H_ref[i] = H[i];
-            for (auto &v : H_ref[i]) v = round_dt(s.T, v);
+            for (auto &v : H_ref[i]) v = emu_round_to(s.T, v);
             ref.H[i] = H_ref[i].data();
         }
     }
@@ -767,7 +756,7 @@ bool rounds_to(const Buf &a, const Buf &b, neat_dtype T)
     const std::vector<double> va = a.read(), vb = b.read();
     if (va.size() != vb.size()) return false;
     for (size_t i = 0; i < va.size(); ++i)
-        if (round_dt(T, va[i]) != vb[i]) return false;
+        if (emu_round_to(T, va[i]) != vb[i]) return false;
     return true;
 }
 
@@ -1127,6 +1116,15 @@ void count_step(const Spec &s, Launches *fwd, Launches *bwd, size_t *fwd_ws, siz
     *bwd = count_log();
 }
 
+// One step on each rank-r path: [0] the cuBLAS path, [1] the fused one.
+void count_both_paths(const Spec &s, Launches *f, Launches *b, size_t *fws, size_t *bws)
+{
+    set_rank_path("cublas");
+    count_step(s, &f[0], &b[0], &fws[0], &bws[0]);
+    set_rank_path("fused");
+    count_step(s, &f[1], &b[1], &fws[1], &bws[1]);
+}
+
 void rank_path_tests()
 {
     const char *saved = std::getenv("NEAT_CUDA_RANK_PATH");
@@ -1153,10 +1151,7 @@ void rank_path_tests()
                0, 0.5, 9500};
         Launches f[2], b[2];
         size_t fws[2], bws[2];
-        set_rank_path("cublas");
-        count_step(s, &f[0], &b[0], &fws[0], &bws[0]);
-        set_rank_path("fused");
-        count_step(s, &f[1], &b[1], &fws[1], &bws[1]);
+        count_both_paths(s, f, b, fws, bws);
         const Want &wc = cublas[1 - bias], &wf = fused[1 - bias];
         const struct {
             const char *what;
@@ -1187,10 +1182,7 @@ void rank_path_tests()
                0.5, 9501};
         Launches f[2], b[2];
         size_t fws[2], bws[2];
-        set_rank_path("cublas");
-        count_step(s, &f[0], &b[0], &fws[0], &bws[0]);
-        set_rank_path("fused");
-        count_step(s, &f[1], &b[1], &fws[1], &bws[1]);
+        count_both_paths(s, f, b, fws, bws);
         CHECK(f[1].fused == 0 && b[1].fused == 0 && f[1].total() == f[0].total() &&
                   b[1].total() == b[0].total() && fws[1] == fws[0] && bws[1] == bws[0],
               "r = 65 with NEAT_CUDA_RANK_PATH=fused: %d + %d fused launches, %d and %d in all "

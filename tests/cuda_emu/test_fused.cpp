@@ -25,6 +25,7 @@ extern "C" {
 #include "util.h"
 }
 #include "emu_log.h"
+#include "emu_test.h"
 
 using namespace neat_cuda;
 
@@ -42,17 +43,6 @@ const char *dt_name(neat_dtype d)
 }
 
 double tol_of(neat_dtype t) { return t == NEAT_FLOAT64 ? 1e-12 : t == NEAT_FLOAT32 ? 1e-5 : 2e-2; }
-
-double round_to(neat_dtype d, double v)
-{
-    switch (d) {
-    case NEAT_FLOAT64: return v;
-    case NEAT_FLOAT32: return static_cast<float>(v);
-    case NEAT_FLOAT16: return __half2float(__float2half_rn(static_cast<float>(v)));
-    case NEAT_BFLOAT16: return __bfloat162float(__float2bfloat16_rn(static_cast<float>(v)));
-    }
-    return v;
-}
 
 // A (rows, cols) matrix in dtype dt, stored row-major with row stride ld, column-major
 // (transposed) or with padding columns; everything outside the view is NaN.
@@ -210,8 +200,8 @@ void rows_case(const Types &ty, int r, int64_t n, int64_t k, int64_t d, bool for
     std::vector<double> vM = M.randomize(&rng, 1.0 / std::sqrt(double(k)));
     std::vector<double> vE = E.randomize(&rng, 1.0);
     const std::vector<double> vb = bias.randomize(&rng, 1.0);
-    for (double &v : vM) v = round_to(ty.T, v); // what the kernel reads of an adapter operand
-    for (double &v : vE) v = round_to(ty.T, v);
+    for (double &v : vM) v = emu_round_to(ty.T, v); // what the kernel reads of an adapter operand
+    for (double &v : vE) v = emu_round_to(ty.T, v);
     const double s = 0.75;
 
     std::vector<double> wu(static_cast<size_t>(n * r + 1)), wout(static_cast<size_t>(n * d + 1));
@@ -395,7 +385,5 @@ int main()
     rows_tests();
     cols_tests();
     refusal_tests();
-    CHECK(neat_emu_violations() == 0, "%d violations; last: %s", neat_emu_violations(),
-          neat_emu_last_violation());
-    return check_exit("test_fused");
+    return emu_test_exit("test_fused");
 }

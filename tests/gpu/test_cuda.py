@@ -43,6 +43,14 @@ DTYPES = [
 ]
 DT_IDS = ["f64", "f32", "bf16", "f16", "bf16+f32", "f16+f32"]
 
+BIAS = pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+WITH_BASE = pytest.mark.parametrize("with_base", [True, False], ids=["linear", "adapter"])
+
+
+def skip_adapter_with_bias(with_base: bool, bias: bool) -> None:
+    if not with_base and bias:
+        pytest.skip("the adapter op has no bias")
+
 
 @pytest.fixture(autouse=True)
 def _seeded():
@@ -153,12 +161,11 @@ def check_all(run):
 @pytest.mark.parametrize("dtypes", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("depth", [2, 4, 10])
 @pytest.mark.parametrize("act", sorted(ref.ACTIVATIONS))
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("with_base", [True, False], ids=["linear", "adapter"])
+@BIAS
+@WITH_BASE
 def test_matches_reference(dtypes, depth, act, bias, with_base):
     dt, pdt = dtypes
-    if not with_base and bias:
-        pytest.skip("the adapter op has no bias")
+    skip_adapter_with_bias(with_base, bias)
     x, W, b, A, B, H = make_inputs((7,), 37, 53, 3, depth, dt, pdt, bias=bias, act=act)
     run = run_both(x, W, b, A, B, H, act, 0.7, with_base)
     assert run.y.dtype == dt and run.y.device.type == DEV.type
@@ -359,7 +366,7 @@ def test_large_bf16_matches_reference():
 
 
 @pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@BIAS
 def test_llama_size_mixed_precision_depth10(dt, bias):
     # LLaMA-7B's square projection at training batch size: N = d = 4096, r = 32, depth 10 (8 hidden
     # layers), half x and W with float32 adapters, frozen W (no dW), against float64 on the GPU.
@@ -389,7 +396,7 @@ def _op_node_saved(y):
 
 
 @pytest.mark.parametrize("ac", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
-@pytest.mark.parametrize("with_base", [True, False], ids=["linear", "adapter"])
+@WITH_BASE
 @pytest.mark.parametrize("route", ["op", "fused"])
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16], ids=["x_f32", "x_bf16"])
 def test_autocast_runs_in_the_autocast_dtype(ac, with_base, route, x_dtype):
@@ -428,14 +435,10 @@ def test_autocast_runs_in_the_autocast_dtype(ac, with_base, route, x_dtype):
 
 
 def test_neat_linear_and_tiny_llama_under_autocast():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=61, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=False,
-    )
-    model = transformers.LlamaForCausalLM(cfg)
-    torch_neat.get_neat_model(model, torch_neat.NeatConfig(r=4, depth=4, activation="silu", scale=4.0, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"]))
+    pytest.importorskip("transformers")
+    from hf_helpers import tiny_llama_for_autocast
+
+    model = tiny_llama_for_autocast(64, 96)
     model.to(DEV).train()
     seen = []
     for _, layer in torch_neat.neat_layers(model):
@@ -465,14 +468,13 @@ RANK_PATHS = ["cublas", "fused"]
 
 @pytest.mark.parametrize("dtypes", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("r", [1, 8, 16, 32, 64, 65])
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("with_base", [True, False], ids=["linear", "adapter"])
+@BIAS
+@WITH_BASE
 def test_rank_paths_match_reference_and_each_other(monkeypatch, dtypes, r, bias, with_base):
     # N, d_in and d_out are not multiples of any tile of the fused kernels (16 rows, 32 columns);
     # r = 65 is past the fused kernels' limit, where the fused path is the cuBLAS one.
     dt, pdt = dtypes
-    if not with_base and bias:
-        pytest.skip("the adapter op has no bias")
+    skip_adapter_with_bias(with_base, bias)
     x, W, b, A, B, H = make_inputs((1001,), 200, 301, r, 2, dt, pdt, bias=bias, act="gelu")
     runs = {}
     for path in RANK_PATHS:
@@ -501,7 +503,7 @@ def _kernels_per_step(x, W, b, A, B, H):
     return len(kernels), sorted({e.name for e in kernels})
 
 
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@BIAS
 def test_fused_path_launches_fewer_kernels(monkeypatch, bias):
     x, W, b, A, B, H = make_inputs((2048,), 1024, 1024, 16, 2, torch.bfloat16, torch.bfloat16, bias=bias)
     counts = {}

@@ -144,3 +144,19 @@ def randomize_adapters(model: nn.Module, seed: int = 2, std: float = 0.3) -> Non
     for _, layer in torch_neat.neat_layers(model):
         for p in (layer.neat_A, layer.neat_B, *layer.neat_hidden):
             p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * std)
+
+
+def tiny_llama_for_autocast(hidden: int, intermediate: int) -> nn.Module:
+    """A tiny LLaMA (random weights) with NEAT on q, v, o and down projections, depth 4, silu: the model the
+    autocast tests (CPU and tests/gpu) train as HF Trainer would."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=61, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=False,
+    )
+    model = transformers.LlamaForCausalLM(cfg)
+    config = torch_neat.NeatConfig(r=4, depth=4, activation="silu", scale=4.0,
+                                   target_modules=["q_proj", "v_proj", "o_proj", "down_proj"])
+    return torch_neat.get_neat_model(model, config)

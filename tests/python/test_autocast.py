@@ -21,6 +21,7 @@ from torch import nn
 
 import reference
 import torch_neat
+from hf_helpers import tiny_llama_for_autocast
 from torch_neat import ops
 
 BF16 = torch.bfloat16
@@ -287,14 +288,8 @@ def test_compile_under_autocast():
 
 
 def _tiny_llama():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=False,
-    )
-    model = transformers.LlamaForCausalLM(cfg)
-    return torch_neat.get_neat_model(model, torch_neat.NeatConfig(r=4, depth=4, activation="silu", scale=4.0, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"]))
+    pytest.importorskip("transformers")
+    return tiny_llama_for_autocast(32, 48)
 
 
 def _watch(model):

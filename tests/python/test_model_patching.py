@@ -46,12 +46,17 @@ def test_default_targets_and_parameter_count(family):
     assert total == sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_init_equals_base_and_adapter_equals_reference(family):
+def _base_and_logits(family):
+    """The unpatched model, its inputs and its logits."""
     base = BUILDERS[family]()
     inputs = inputs_for(family)
     with torch.no_grad():
-        base_out = logits(base, inputs)
+        return base, inputs, logits(base, inputs)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_init_equals_base_and_adapter_equals_reference(family):
+    base, inputs, base_out = _base_and_logits(family)
     model = patched(family)
     model.train()  # the fused op (eval mode would take the cached-G path, tested below)
     with torch.no_grad():
@@ -147,10 +152,7 @@ def test_load_adapter_rejects_mismatch(tmp_path):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_disable_enable_and_merge_and_unload(family):
-    base = BUILDERS[family]()
-    inputs = inputs_for(family)
-    with torch.no_grad():
-        base_out = logits(base, inputs)
+    base, inputs, base_out = _base_and_logits(family)
     base_keys = set(base.state_dict())
     model = patched(family)
     randomize_adapters(model)
