@@ -9,44 +9,18 @@ bitsandbytes is pinned in tests/run.sh and runs on CPU.
 from __future__ import annotations
 
 import types
-import warnings
 
 import pytest
 import torch
 from torch import nn
 
 import torch_neat
+from bnb_layers import four_bit, int8, quiet
 from reference import ACTIVATIONS, TOL, describe_mismatch, reference_g, reference_linear, rel_err
 from torch_neat.quantized import quantized_base
 
 bnb = pytest.importorskip("bitsandbytes", reason="tests/run.sh installs bitsandbytes==0.50.2")  # always there in CI
 import bitsandbytes.functional as bnbf  # noqa: E402
-
-
-def _quiet(fn):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fn()
-
-
-def four_bit(d_in, d_out, quant_type="nf4", nested=False, blocksize=64, storage=torch.uint8, bias=True):
-    lin = nn.Linear(d_in, d_out, bias=bias)
-    q = bnb.nn.Linear4bit(d_in, d_out, bias=bias, quant_type=quant_type, compute_dtype=torch.float32,
-                          compress_statistics=nested, quant_storage=storage)
-    q.weight = bnb.nn.Params4bit(lin.weight.data.clone(), requires_grad=False, quant_type=quant_type,
-                                 compress_statistics=nested, blocksize=blocksize, quant_storage=storage)
-    if bias:
-        q.bias = nn.Parameter(lin.bias.data.clone(), requires_grad=False)
-    return _quiet(lambda: q.to("cpu"))
-
-
-def int8(d_in, d_out, bias=True):
-    lin = nn.Linear(d_in, d_out, bias=bias)
-    q = bnb.nn.Linear8bitLt(d_in, d_out, bias=bias, has_fp16_weights=False)
-    q.weight = bnb.nn.Int8Params(lin.weight.data.clone(), requires_grad=False, has_fp16_weights=False)
-    if bias:
-        q.bias = nn.Parameter(lin.bias.data.clone(), requires_grad=False)
-    return _quiet(lambda: q.to("cpu"))
 
 
 def flat_rule(q) -> torch.Tensor:
@@ -331,7 +305,7 @@ def test_a_transformers_bitsandbytes_model_patches_as_it_is(tmp_path, load):
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     LlamaForCausalLM(cfg).save_pretrained(tmp_path)
     quant = BitsAndBytesConfig(**{load: True}, bnb_4bit_compute_dtype=torch.float32)
-    model = _quiet(lambda: LlamaForCausalLM.from_pretrained(tmp_path, quantization_config=quant, device_map="cpu",
+    model = quiet(lambda: LlamaForCausalLM.from_pretrained(tmp_path, quantization_config=quant, device_map="cpu",
                                                             dtype=torch.float32))
     model = torch_neat.get_neat_model(model, torch_neat.NeatConfig(r=4))  # the family's q_proj / v_proj
     layers = dict(torch_neat.neat_layers(model))

@@ -4,39 +4,26 @@ bitsandbytes is pinned in tests/run.sh and runs on CPU."""
 
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch
 from torch import nn
 
 import torch_neat
+from bnb_layers import four_bit, quiet
+from bnb_layers import int8 as int8_layer
 
 bnb = pytest.importorskip("bitsandbytes", reason="tests/run.sh installs bitsandbytes==0.50.2")  # always there in CI
 
 SUPPORTED = "Supported: torch.nn.Linear with a float32"
 
 
-def _quiet(fn):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fn()
+def nf4(quant_type="nf4", storage=torch.uint8):
+    return four_bit(64, 48, quant_type=quant_type, nested=True, storage=storage)  # bitsandbytes' default nesting
 
 
-def nf4(d_in=64, d_out=48, quant_type="nf4", storage=torch.uint8):
-    lin = nn.Linear(d_in, d_out)
-    q = bnb.nn.Linear4bit(d_in, d_out, quant_type=quant_type, compute_dtype=torch.float32, quant_storage=storage)
-    q.weight = bnb.nn.Params4bit(lin.weight.data.clone(), requires_grad=False, quant_type=quant_type,
-                                 quant_storage=storage)
-    q.bias = nn.Parameter(lin.bias.data.clone())
-    return _quiet(lambda: q.to("cpu"))
-
-
-def int8(d_in=64, d_out=48):
-    lin = nn.Linear(d_in, d_out)
-    q = bnb.nn.Linear8bitLt(d_in, d_out, has_fp16_weights=False)
-    q.weight = bnb.nn.Int8Params(lin.weight.data.clone(), requires_grad=False, has_fp16_weights=False)
-    return _quiet(lambda: q.to("cpu"))
+def int8():
+    return int8_layer(64, 48)
 
 
 def nf4_unquantized():
@@ -119,7 +106,7 @@ def test_float_layers_still_pass_the_guard():
 def _peanut(q):
     from peft import PeanutConfig, get_peft_model
 
-    return _quiet(lambda: get_peft_model(nn.Sequential(q), PeanutConfig(r=4, target_modules=["0"])))
+    return quiet(lambda: get_peft_model(nn.Sequential(q), PeanutConfig(r=4, target_modules=["0"])))
 
 
 @pytest.mark.parametrize("kind", ["nf4", "int8"])

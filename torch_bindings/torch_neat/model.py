@@ -158,9 +158,10 @@ def saved_modules(model: nn.Module) -> list[str]:
     config = getattr(model, "neat_config", None)
     if config is None or not config.modules_to_save:
         return []
-    inner = tuple(name + "." for name, _ in neat_layers(model))
+    layers = [name for name, _ in neat_layers(model)]
+    inner = tuple(name + "." for name in layers)
     names = [n for n, _ in model.named_modules() if not n.startswith(inner)]
-    return _modules_to_save(names, config, [n for n, _ in neat_layers(model)])
+    return _modules_to_save(names, config, layers)
 
 
 def get_neat_model(

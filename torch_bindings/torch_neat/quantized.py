@@ -21,6 +21,8 @@ __all__ = [
     "quantized_error", "quantized_reason", "unsupported_reason",
 ]
 
+Tensor = torch.Tensor
+
 # top-level packages whose layers or weight tensors hold quantized storage
 QUANTIZED_PACKAGES = ("bitsandbytes", "torchao", "auto_gptq", "gptqmodel", "awq", "hqq", "optimum", "quanto")
 # attributes quantized parameters carry beside their storage (bitsandbytes: quant_state, SCB, CB)
@@ -150,11 +152,7 @@ def unsupported_reason(module: nn.Module) -> Optional[str]:
 
 def check_base(module: nn.Module, what: str) -> Optional[QuantizedBase]:
     """A supported quantized layer's :class:`QuantizedBase`; None for a float layer; else raises TypeError."""
-    kind = _bnb_kind(module)
-    if kind is not None:
-        reason = _unsupported_bnb(module, kind)
-        if reason is not None:
-            raise quantized_error(f"{what} {reason}")
-        return QuantizedBase(module, kind)
-    check_float_base(module, what)
-    return None
+    reason = unsupported_reason(module)
+    if reason is not None:
+        raise quantized_error(f"{what} {reason}")
+    return quantized_base(module)

@@ -1,0 +1,40 @@
+"""bitsandbytes layers on CPU for the quantized tests (test_quantized.py, test_quantized_guard.py): quantized
+from a fresh nn.Linear's weight, as bitsandbytes does when a layer is moved to a device."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+
+def quiet(fn):
+    """fn() with bitsandbytes' warnings (kernel hub lookups, compute dtype hints) silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn()
+
+
+def four_bit(d_in, d_out, quant_type="nf4", nested=False, blocksize=64, storage=torch.uint8, bias=True):
+    import bitsandbytes as bnb
+
+    lin = nn.Linear(d_in, d_out, bias=bias)
+    q = bnb.nn.Linear4bit(d_in, d_out, bias=bias, quant_type=quant_type, compute_dtype=torch.float32,
+                          compress_statistics=nested, quant_storage=storage)
+    q.weight = bnb.nn.Params4bit(lin.weight.data.clone(), requires_grad=False, quant_type=quant_type,
+                                 compress_statistics=nested, blocksize=blocksize, quant_storage=storage)
+    if bias:
+        q.bias = nn.Parameter(lin.bias.data.clone(), requires_grad=False)
+    return quiet(lambda: q.to("cpu"))
+
+
+def int8(d_in, d_out, bias=True):
+    import bitsandbytes as bnb
+
+    lin = nn.Linear(d_in, d_out, bias=bias)
+    q = bnb.nn.Linear8bitLt(d_in, d_out, bias=bias, has_fp16_weights=False)
+    q.weight = bnb.nn.Int8Params(lin.weight.data.clone(), requires_grad=False, has_fp16_weights=False)
+    if bias:
+        q.bias = nn.Parameter(lin.bias.data.clone(), requires_grad=False)
+    return quiet(lambda: q.to("cpu"))
