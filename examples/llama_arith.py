@@ -364,8 +364,15 @@ def matched_neat_rank(shapes, lora_r: int, depth: int) -> int:
 
 def quantize_linears(model: nn.Module, kind: str) -> nn.Module:
     """Every nn.Linear of the decoder (not lm_head) as a bitsandbytes layer, QLoRA's base: "nf4" (Linear4bit,
-    nested absmax, float32 compute) or "int8" (Linear8bitLt, LLM.int8 without fp16 weights). In place."""
+    nested absmax, float32 compute) or "int8" (Linear8bitLt, LLM.int8 without fp16 weights). In place.
+
+    "nf4-rounded" / "int8-rounded" is the control: float nn.Linear layers holding exactly the values the
+    quantized layers would (bitsandbytes' own dequantizer), so float kernels run on the quantized weights."""
     import bitsandbytes as bnb
+    import bitsandbytes.functional as bnbf
+
+    rounded = kind.endswith("-rounded")
+    kind = kind.removesuffix("-rounded")
 
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -381,7 +388,16 @@ def quantize_linears(model: nn.Module, kind: str) -> nn.Module:
                 q.weight = bnb.nn.Int8Params(w, requires_grad=False, has_fp16_weights=False)
             if b is not None:
                 q.bias = nn.Parameter(b.data, requires_grad=False)
-            setattr(parent, name, q.to(w.device))
+            q = q.to(w.device)
+            if rounded:
+                with torch.no_grad():
+                    if kind == "nf4":
+                        w_q = bnbf.dequantize_4bit(q.weight.data, q.weight.quant_state)
+                    else:
+                        w_q = (q.weight.data.float() * q.weight.SCB.float()[:, None]) * 7.874015718698502e-3
+                    child.weight.copy_(w_q.reshape(child.weight.shape).to(child.weight.dtype))
+                q = child
+            setattr(parent, name, q)
     return model
 
 
@@ -596,8 +612,9 @@ def parse_args(argv=None):
     p.add_argument("--plot", default="llama-arith/training_curves.png", help="PNG of losses and accuracies ('' to skip)")
     p.add_argument("--json", default="llama-arith/results.json", help="every run's numbers and losses ('' to skip)")
     p.add_argument("--no-isolate", action="store_true", help="on CPU, run all methods in this process")
-    p.add_argument("--quantize", choices=["nf4", "int8"], default=None,
-                   help="a bitsandbytes base (QLoRA-style): every decoder linear layer quantized; NEAT and LoRA only")
+    p.add_argument("--quantize", choices=["nf4", "int8", "nf4-rounded", "int8-rounded"], default=None,
+                   help="a bitsandbytes base (QLoRA-style): every decoder linear layer quantized; NEAT and LoRA "
+                        "only. *-rounded: float layers holding the quantized values (a control)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     args = p.parse_args(argv)
     args.targets = ALL_LINEAR if args.targets == "all-linear" else [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -660,7 +677,7 @@ def main(argv=None) -> dict:
     runs = [r for r in runs if r not in skipped]
     for m, a in skipped:
         print(f"note: {NAMES[m]} skipped for {a}: PEFT's PEANuT takes transformers' activation names only")
-    if args.quantize:  # torch_neat.peft refuses a quantized base, and PEFT's own PEANuT would read its codes as W
+    if args.quantize in ("nf4", "int8"):  # torch_neat.peft refuses a quantized base, and PEFT's own PEANuT would read its codes as W
         for m, a in [r for r in runs if r[0].startswith("peanut")]:
             print(f"note: {NAMES[m]} skipped: PEANuT layers on a quantized base are not supported")
         runs = [r for r in runs if not r[0].startswith("peanut")]
