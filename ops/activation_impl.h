@@ -30,7 +30,7 @@ static T NEAT_FN(neat_sincos2pi_)(T z, int want_cos)
     return want_cos ? c : s; /* n == 0, or NaN */
 }
 
-static T NEAT_FN(neat_act_)(neat_activation act, T z)
+static inline T NEAT_FN(neat_act_)(neat_activation act, T z)
 {
     switch (act) {
     case NEAT_ACT_RELU:
@@ -56,7 +56,7 @@ static T NEAT_FN(neat_act_)(neat_activation act, T z)
     }
 }
 
-static T NEAT_FN(neat_act_grad_)(neat_activation act, T z)
+static inline T NEAT_FN(neat_act_grad_)(neat_activation act, T z)
 {
     switch (act) {
     case NEAT_ACT_RELU:
@@ -91,34 +91,58 @@ static T NEAT_FN(neat_act_grad_)(neat_activation act, T z)
     }
 }
 
+/*
+ * The loops run once per activation with the activation a constant, so the switch in neat_act_ folds
+ * away and relu / identity vectorize: a switch per element cost more than the math of a small layer's
+ * G stack. Each element's value is the same scalar expression as before, so results keep their bits.
+ */
+#define NEAT_ACT_CASES(LOOP)                                                                    \
+    switch (act) {                                                                              \
+    case NEAT_ACT_RELU: LOOP(NEAT_ACT_RELU); break;                                             \
+    case NEAT_ACT_SIN: LOOP(NEAT_ACT_SIN); break;                                               \
+    case NEAT_ACT_GELU: LOOP(NEAT_ACT_GELU); break;                                             \
+    case NEAT_ACT_GELU_TANH: LOOP(NEAT_ACT_GELU_TANH); break;                                   \
+    case NEAT_ACT_SILU: LOOP(NEAT_ACT_SILU); break;                                             \
+    case NEAT_ACT_TANH: LOOP(NEAT_ACT_TANH); break;                                             \
+    case NEAT_ACT_SIN2PI: LOOP(NEAT_ACT_SIN2PI); break;                                         \
+    default: LOOP(NEAT_ACT_IDENTITY); break;                                                    \
+    }
+
 static void NEAT_FN(neat_act_forward_)(neat_activation act, int64_t rows, int64_t cols,
                                        const T *Z, int64_t ldz, const T *skip, int64_t lds,
                                        T *G, int64_t ldg)
 {
-    for (int64_t i = 0; i < rows; i++) {
-        const T *z = Z + i * ldz;
-        T *g = G + i * ldg;
-        if (skip) {
-            const T *s = skip + i * lds;
-            for (int64_t j = 0; j < cols; j++) g[j] = NEAT_FN(neat_act_)(act, z[j]) + s[j];
-        } else {
-            for (int64_t j = 0; j < cols; j++) g[j] = NEAT_FN(neat_act_)(act, z[j]);
-        }
+#define NEAT_ACT_FWD(A)                                                                         \
+    for (int64_t i = 0; i < rows; i++) {                                                        \
+        const T *z = Z + i * ldz;                                                               \
+        T *g = G + i * ldg;                                                                     \
+        if (skip) {                                                                             \
+            const T *s = skip + i * lds;                                                        \
+            for (int64_t j = 0; j < cols; j++) g[j] = NEAT_FN(neat_act_)(A, z[j]) + s[j];       \
+        } else {                                                                                \
+            for (int64_t j = 0; j < cols; j++) g[j] = NEAT_FN(neat_act_)(A, z[j]);              \
+        }                                                                                       \
     }
+    NEAT_ACT_CASES(NEAT_ACT_FWD)
+#undef NEAT_ACT_FWD
 }
 
 static void NEAT_FN(neat_act_backward_)(neat_activation act, int64_t rows, int64_t cols,
                                         const T *Z, int64_t ldz, const T *dG, int64_t ldd,
                                         T *dZ, int64_t lddz)
 {
-    for (int64_t i = 0; i < rows; i++) {
-        const T *z = Z + i * ldz;
-        const T *d = dG + i * ldd;
-        T *o = dZ + i * lddz;
-        for (int64_t j = 0; j < cols; j++) o[j] = d[j] * NEAT_FN(neat_act_grad_)(act, z[j]);
+#define NEAT_ACT_BWD(A)                                                                         \
+    for (int64_t i = 0; i < rows; i++) {                                                        \
+        const T *z = Z + i * ldz;                                                               \
+        const T *d = dG + i * ldd;                                                              \
+        T *o = dZ + i * lddz;                                                                   \
+        for (int64_t j = 0; j < cols; j++) o[j] = d[j] * NEAT_FN(neat_act_grad_)(A, z[j]);      \
     }
+    NEAT_ACT_CASES(NEAT_ACT_BWD)
+#undef NEAT_ACT_BWD
 }
 
+#undef NEAT_ACT_CASES
 #undef NEAT_FN
 #undef NEAT_CAT
 #undef NEAT_CAT_
