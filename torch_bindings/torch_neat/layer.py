@@ -116,8 +116,13 @@ class NeatLinear(nn.Module):
 
     @property
     def quantized(self) -> bool:
-        """Whether the base layer holds a quantized weight (bitsandbytes 4-bit or 8-bit)."""
+        """Whether the base layer holds a quantized weight (bitsandbytes 4-bit or 8-bit, torchao int8 or NF4)."""
         return self._qbase is not None
+
+    @property
+    def quantization(self) -> Optional[str]:
+        """The base weight's quantization (``"Linear4bit"``, ``"torchao NF4Tensor"``, ...), or None."""
+        return self._qbase.kind if self._qbase else None
 
     @property
     def kernel_activation(self) -> str:

@@ -318,7 +318,7 @@ def _replace_layers(model: nn.Module, merge: bool, safe_merge: bool) -> nn.Modul
         if merge and layer.quantized:
             # the update cannot live in quantized storage: a float layer takes the layer's place, said aloud
             warnings.warn(
-                f"merge_and_unload: {name!r} had a quantized base ({type(layer.base_layer).__name__}); it is now a "
+                f"merge_and_unload: {name!r} had a quantized base ({layer.quantization}); it is now a "
                 "float32 nn.Linear holding W + s B G (W from the quantization's own dequantizer)",
                 UserWarning, stacklevel=3,
             )

@@ -2,10 +2,11 @@
 
 NEAT needs W itself (G = act(A W) and the gradient through it), so a layer whose stored weight is not W
 must never be read as if it were: PEFT's PEANuT layer does exactly that and returns a wrong answer over
-LLM.int8. bitsandbytes' ``Linear4bit`` (NF4, FP4, nested or not, any quant_storage) and ``Linear8bitLt``
-(LLM.int8 without fp16 weights) on CPU run on ``neat::qlinear`` and friends, which read the quantized
-storage as it is (:class:`QuantizedBase`). Everything else quantized (torchao tensors, GPTQ/AWQ/HQQ/quanto
-layers, integer weights, bitsandbytes layers not quantized yet or on CUDA) is refused. Recognition looks at
+LLM.int8. On CPU, bitsandbytes' ``Linear4bit`` and ``Linear8bitLt`` (``bnb_base.py``) and torchao's
+``Int8Tensor`` (weight-only, per row or per tensor) and ``NF4Tensor`` weights (``torchao_base.py``) run on
+``neat::qlinear`` and friends, which read their storage as one of the C library's formats
+(:class:`QuantizedBase`). Everything else quantized (other torchao tensors, GPTQ/AWQ/HQQ/quanto layers,
+integer weights, bitsandbytes layers not quantized yet, anything on CUDA) is refused. Recognition looks at
 class and module names only, so none of those packages is imported until a supported layer is used.
 """
 
@@ -15,6 +16,10 @@ from typing import Optional
 
 import torch
 from torch import nn
+
+from .bnb_base import BnbBase, bnb_kind, unsupported_bnb
+from .qbase import QuantizedBase
+from .torchao_base import torchao_base, torchao_kind, unsupported_torchao
 
 __all__ = [
     "QUANTIZED_PACKAGES", "SUPPORTED_BASES", "QuantizedBase", "check_base", "check_float_base", "quantized_base",
@@ -29,10 +34,9 @@ QUANTIZED_PACKAGES = ("bitsandbytes", "torchao", "auto_gptq", "gptqmodel", "awq"
 _QUANT_ATTRIBUTES = ("quant_state", "SCB", "CB")
 SUPPORTED_BASES = (
     "torch.nn.Linear with a float32, float64, float16 or bfloat16 weight, and on CPU bitsandbytes' Linear4bit "
-    "(nf4, fp4) and Linear8bitLt (has_fp16_weights=False), quantized"
+    "(nf4, fp4) and Linear8bitLt (has_fp16_weights=False), quantized, and torchao's Int8Tensor (int8 "
+    "weight-only, symmetric, per row or per tensor: Int8WeightOnlyConfig) and NF4Tensor (to_nf4)"
 )
-# neat_qformat values (shim/neat.h)
-_NF4, _FP4, _INT8_ROW = 1, 2, 3
 
 
 def _from_quantized_package(cls: type) -> bool:
@@ -76,77 +80,32 @@ def check_float_base(module: nn.Module, what: str) -> None:
         raise quantized_error(f"{what} {reason}")
 
 
-def _bnb_kind(module: nn.Module) -> Optional[str]:
-    for cls in type(module).__mro__:
-        if cls.__module__.partition(".")[0] == "bitsandbytes" and cls.__name__ in ("Linear4bit", "Linear8bitLt"):
-            return cls.__name__
-    return None
+def _supported_kind(module: nn.Module) -> tuple[Optional[str], Optional[str]]:
+    """(``"bnb"`` or ``"torchao"``, the class name) for a layer of a supported kind, whatever its state."""
+    kind = bnb_kind(module)
+    if kind is not None:
+        return "bnb", kind
+    kind = torchao_kind(getattr(module, "weight", None))
+    return ("torchao", kind) if kind is not None else (None, None)
 
 
-class QuantizedBase:
-    """A supported quantized layer's weight as the q ops take it: ``args()`` = (qweight, qmeta, qoffset).
-
-    The arrays are the layer's own storage (no copy), read again at every call, so a layer moved or
-    re-quantized in place is followed.
-    """
-
-    def __init__(self, module: nn.Module, kind: str):
-        self.module, self.kind = module, kind
-        self.d_out, self.d_in = int(module.out_features), int(module.in_features)
-
-    def args(self) -> tuple[list, list, float]:
-        w = self.module.weight
-        if self.kind == "Linear8bitLt":
-            return [w.data, w.SCB], [_INT8_ROW, self.d_out, self.d_in, 0, 0], 0.0
-        qs = w.quant_state
-        fmt = _NF4 if qs.quant_type == "nf4" else _FP4
-        data = w.data.reshape(-1).view(torch.uint8)  # any quant_storage holds the same packed bytes
-        if qs.nested:
-            return ([data, qs.code, qs.absmax, qs.state2.code, qs.state2.absmax],
-                    [fmt, self.d_out, self.d_in, qs.blocksize, qs.state2.blocksize], float(qs.offset))
-        return [data, qs.code, qs.absmax], [fmt, self.d_out, self.d_in, qs.blocksize, 0], 0.0
-
-    def version(self) -> tuple:
-        """Changes when the stored weight does (for caches of G)."""
-        w = self.module.weight
-        return (w.device, w.data_ptr(), w._version)
-
-    @torch.no_grad()
-    def dequantize(self) -> Tensor:
-        """W in float32 by bitsandbytes' own dequantizer (for a merge into a float layer only)."""
-        import bitsandbytes.functional as bnbf
-
-        w = self.module.weight
-        if self.kind == "Linear8bitLt":
-            return (w.data.float() * w.SCB.float()[:, None]) * 7.874015718698502e-3
-        return bnbf.dequantize_4bit(w.data, w.quant_state).float().reshape(self.d_out, self.d_in)
-
-
-def _unsupported_bnb(module: nn.Module, kind: str) -> Optional[str]:
-    w = module.weight
-    if w.device.type != "cpu":
-        return f"is a bitsandbytes {kind} on {w.device.type} (quantized weights run on CPU only so far)"
-    if kind == "Linear4bit" and getattr(w, "quant_state", None) is None:
-        return "is a bitsandbytes Linear4bit not quantized yet (bitsandbytes quantizes on .to(device))"
-    if kind == "Linear8bitLt" and (w.dtype != torch.int8 or getattr(w, "SCB", None) is None):
-        return ("is a bitsandbytes Linear8bitLt not quantized to int8 (quantized on .to(device), with "
-                "has_fp16_weights=False)")
-    return None
+def _unsupported(module: nn.Module, package: str, kind: str) -> Optional[str]:
+    return unsupported_bnb(module, kind) if package == "bnb" else unsupported_torchao(module, kind)
 
 
 def quantized_base(module: nn.Module) -> Optional[QuantizedBase]:
     """The :class:`QuantizedBase` of a supported quantized layer, else None (float or unsupported)."""
-    kind = _bnb_kind(module)
-    if kind is None or _unsupported_bnb(module, kind) is not None:
+    package, kind = _supported_kind(module)
+    if package is None or _unsupported(module, package, kind) is not None:
         return None
-    return QuantizedBase(module, kind)
+    return BnbBase(module, kind) if package == "bnb" else torchao_base(module, kind)
 
 
 def unsupported_reason(module: nn.Module) -> Optional[str]:
     """Why NEAT cannot adapt ``module`` (quantized in a way it cannot read), or None."""
-    kind = _bnb_kind(module)
-    if kind is not None:
-        return _unsupported_bnb(module, kind)
+    package, kind = _supported_kind(module)
+    if package is not None:
+        return _unsupported(module, package, kind)
     return quantized_reason(module)
 
 
