@@ -12,11 +12,11 @@ import types
 
 import pytest
 import torch
-from torch import nn
 
+import quant_checks as checks
 import torch_neat
 from bnb_layers import four_bit, int8, quiet
-from reference import ACTIVATIONS, TOL, describe_mismatch, reference_g, reference_linear, rel_err
+from reference import ACTIVATIONS, rel_err
 from torch_neat.quantized import quantized_base
 
 bnb = pytest.importorskip("bitsandbytes", reason="tests/run.sh installs bitsandbytes==0.50.2")  # always there in CI
@@ -95,75 +95,29 @@ def test_our_weight_reader_matches_bitsandbytes_dequantizer():
 @pytest.mark.parametrize("num_hidden,activation", [(0, "relu"), (2, "gelu"), (8, "silu")])
 def test_qlinear_forward_and_gradients_match_the_float_path_on_bnb_weight(kind, num_hidden, activation):
     q = LAYERS[kind]()
-    qb = quantized_base(q)
-    assert qb is not None, kind
-    W = bnb_weight(q)
-    d_out, d_in = W.shape
-    r = 4
-    x = torch.randn(7, d_in, requires_grad=True)
-    A = (torch.randn(r, d_out) / d_out**0.5).requires_grad_()
-    B = (torch.randn(d_out, r) / r**0.5).requires_grad_()
-    H = [(torch.randn(r, r) / r**0.5).requires_grad_() for _ in range(num_hidden)]
-    bias = q.bias
-    qw, qm, qo = qb.args()
-    y = torch.ops.neat.qlinear(x, qw, qm, qo, bias, A, B, H, activation, 0.7)
-    dy = torch.randn_like(y)
-    grads = torch.autograd.grad(y, [x, A, B, *H], dy)
+    checks.qlinear_matches_reference(q, bnb_weight(q), num_hidden, activation, kind)
 
-    d = lambda t: t.detach().double().requires_grad_()  # noqa: E731
-    xr, Ar, Br, Hr = d(x), d(A), d(B), [d(h) for h in H]
-    ref = reference_linear(xr, W.double(), None if bias is None else bias.double(), Ar, Br, Hr, activation, 0.7)
-    ref_grads = torch.autograd.grad(ref, [xr, Ar, Br, *Hr], dy.double())
-    for name, got, want in [("y", y, ref), *zip(["dx", "dA", "dB"] + [f"dh{i}" for i in range(num_hidden)], grads, ref_grads)]:
-        assert rel_err(got, want) < TOL[torch.float32], describe_mismatch(f"{kind} {name}", got, want, TOL[torch.float32])
+
+def test_the_library_reads_bnb_storage_as_bnb_dequantizes_it():
+    # bit for bit where bitsandbytes' rule is the C rule (4-bit: code * absmax; int8: its float32 order)
+    for kind in ("nf4", "nf4-nested", "fp4-nested-128", "nf4-256-odd", "int8-odd"):
+        q = LAYERS[kind]()
+        assert torch.equal(checks.kernel_weight(q), bnb_weight(q).double()), kind
 
 
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 def test_every_activation_and_compute_g_and_lowrank(activation):
     q = LAYERS["nf4-nested"]()
-    qw, qm, qo = quantized_base(q).args()
-    W = bnb_weight(q).double()
-    r = 3
-    A = torch.randn(r, W.shape[0]) / W.shape[0] ** 0.5
-    H = [torch.randn(r, r) / r**0.5 for _ in range(2)]
-    if activation == "sin2pi":
-        A = A / (2 * torch.pi)
-    G = torch.ops.neat.qcompute_g(qw, qm, qo, A, H, activation)
-    Gr = reference_g(W, A.double(), [h.double() for h in H], activation)
-    assert rel_err(G, Gr) < TOL[torch.float32], describe_mismatch("G", G, Gr, TOL[torch.float32])
-    x, B = torch.randn(6, W.shape[1]), torch.randn(W.shape[0], r)
-    y = torch.ops.neat.qlowrank_linear(x, qw, qm, qo, q.bias, G, B, 1.5)
-    yr = torch.nn.functional.linear(x.double(), W, q.bias.double()) + 1.5 * (x.double() @ G.double().T) @ B.double().T
-    assert rel_err(y, yr) < TOL[torch.float32], describe_mismatch("lowrank", y, yr, TOL[torch.float32])
+    checks.compute_g_and_lowrank_match(q, bnb_weight(q), activation)
 
 
 @pytest.mark.parametrize("kind", ["nf4-nested", "int8-odd"])
 def test_gradcheck_in_float64(kind):
-    # float64 calls widen the dequantized float32 values exactly, so float64 gradcheck applies
-    q = LAYERS[kind]()
-    qw, qm, qo = quantized_base(q).args()
-    d_out, d_in = qm[1], qm[2]
-    x = torch.randn(3, d_in, dtype=torch.float64, requires_grad=True)
-    A = (torch.randn(2, d_out, dtype=torch.float64) / d_out**0.5).requires_grad_()
-    B = torch.randn(d_out, 2, dtype=torch.float64, requires_grad=True)
-    H = [torch.randn(2, 2, dtype=torch.float64, requires_grad=True) for _ in range(2)]
-    b = torch.randn(d_out, dtype=torch.float64, requires_grad=True)
-    fn = lambda x, b, A, B, h0, h1: torch.ops.neat.qlinear(x, qw, qm, qo, b, A, B, [h0, h1], "tanh", 0.5)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (x, b, A, B, *H), eps=1e-6, atol=1e-6)
+    checks.gradcheck_float64(LAYERS[kind]())
 
 
 def test_opcheck_every_quantized_op():
-    q = LAYERS["nf4-nested"]()
-    qw, qm, qo = quantized_base(q).args()
-    d_out, d_in = qm[1], qm[2]
-    x = torch.randn(4, d_in, requires_grad=True)
-    A = torch.randn(3, d_out, requires_grad=True)
-    B = torch.randn(d_out, 3, requires_grad=True)
-    H = [torch.randn(3, 3, requires_grad=True) for _ in range(2)]
-    G = torch.randn(3, d_in)
-    torch.library.opcheck(torch.ops.neat.qlinear, (x, qw, qm, qo, q.bias, A, B, H, "gelu", 0.5))
-    torch.library.opcheck(torch.ops.neat.qcompute_g, (qw, qm, qo, A.detach(), [h.detach() for h in H], "relu"))
-    torch.library.opcheck(torch.ops.neat.qlowrank_linear, (x.detach(), qw, qm, qo, q.bias, G, B.detach(), 2.0))
+    checks.opcheck_quantized_ops(LAYERS["nf4-nested"]())
 
 
 def test_bad_quantized_arguments_name_what_is_wrong():
@@ -195,106 +149,19 @@ def test_bad_quantized_arguments_name_what_is_wrong():
 @pytest.mark.parametrize("kind", ["nf4", "nf4-nested", "int8"])
 def test_the_issue_snippet_trains_and_matches_float_neat_on_bnb_weight(kind):
     q = LAYERS[kind]()
-    W = bnb_weight(q)
-    float_twin = nn.Linear(W.shape[1], W.shape[0])
-    with torch.no_grad():
-        float_twin.weight.copy_(W)
-        float_twin.bias.copy_(q.bias)
-    m = torch_neat.get_neat_model(nn.Sequential(q), torch_neat.NeatConfig(r=4, depth=4, target_modules=["0"]))
-    ref = torch_neat.get_neat_model(nn.Sequential(float_twin), torch_neat.NeatConfig(r=4, depth=4, target_modules=["0"]))
-    ref.load_state_dict({k: v for k, v in m.state_dict().items() if "neat_" in k}, strict=False)
-    assert m[0].quantized and m[0].neat_A.dtype == torch.float32
-    x, target = torch.randn(16, W.shape[1]), torch.randn(16, W.shape[0])
-    opts = [torch.optim.SGD([p for p in mm.parameters() if p.requires_grad], lr=0.1) for mm in (m, ref)]
-    losses = []
-    for _ in range(15):
-        for mm, opt in zip((m, ref), opts):
-            loss = ((mm(x) - target) ** 2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-    assert losses[-2] < losses[0], "the quantized model did not learn"
-    assert abs(losses[-2] - losses[-1]) < 1e-4 * losses[-1], "quantized and float NEAT on bnb's W diverged"
+    checks.trains_like_float_neat(q, bnb_weight(q))
 
 
 def test_eval_caches_g_and_matches_training_forward():
-    q = LAYERS["fp4-nested-128"]()
-    layer = torch_neat.NeatLinear(q, r=3, depth=4, activation="tanh", scale=2.0)
-    with torch.no_grad():
-        layer.neat_B.normal_(0, 0.1)
-    x = torch.randn(5, q.in_features)
-    y_train = layer.train()(x).detach()
-    layer.eval()
-    with torch.no_grad():
-        y_eval = layer(x)
-        g1 = layer.cached_g()
-        assert layer.cached_g() is g1, "G recomputed without a change"
-        layer.neat_A.add_(0.1)
-        assert layer.cached_g() is not g1, "G kept after A changed"
-    assert rel_err(y_eval, y_train) < TOL[torch.float32]
+    checks.eval_caches_g(LAYERS["fp4-nested-128"]())
 
 
 def test_nothing_weight_sized_is_saved_for_backward():
-    q = four_bit(256, 192)
-    layer = torch_neat.NeatLinear(q, r=4, depth=4)
-    weight_numel = 256 * 192
-    storage = {t.data_ptr() for t in quantized_base(q).args()[0]}
-    saved = []
-
-    def pack(t):
-        saved.append(t)
-        return t
-
-    x = torch.randn(8, 256, requires_grad=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = layer(x)
-    y.sum().backward()
-    assert saved, "the hook saw nothing: the test would pass vacuously"
-    for t in saved:
-        assert t.is_floating_point() is False or t.numel() < weight_numel, f"a float tensor of W's size was saved: {tuple(t.shape)}"
-        if t.numel() * t.element_size() >= weight_numel // 2:
-            assert t.data_ptr() in storage, f"a W-sized buffer other than the layer's own storage was saved: {tuple(t.shape)}"
+    checks.nothing_weight_sized_saved(four_bit(256, 192))
 
 
 def test_save_load_export_and_merge_and_unload(tmp_path):
-    from peft import PeftModel
-
-    def model():
-        torch.manual_seed(3)
-        return nn.Sequential(LAYERS["nf4"](), nn.ReLU(), nn.Linear(40, 8))
-
-    m = torch_neat.get_neat_model(model(), torch_neat.NeatConfig(r=4, target_modules=["0"], modules_to_save=["2"]))
-    with torch.no_grad():
-        m[0].neat_B.normal_(0, 0.1)
-    x = torch.randn(5, 72)
-    m.eval()
-    with torch.no_grad():
-        want = m(x)
-    torch_neat.save_adapter(m, tmp_path / "neat")
-    fresh = torch_neat.load_adapter(model(), tmp_path / "neat")
-    fresh.eval()
-    with torch.no_grad():
-        assert torch.equal(fresh(x), want)
-    with pytest.raises(TypeError, match="merge_and_unload"):
-        m[0].merge()
-    torch_neat.export_lora(m, tmp_path / "lora")
-    # the exported G comes from the quantized storage: PEFT LoRA on a float copy of bnb's W computes the same
-    base = model()
-    W = bnb_weight(base[0])
-    float_base = nn.Sequential(nn.Linear(72, 40), nn.ReLU(), nn.Linear(40, 8))
-    with torch.no_grad():
-        float_base[0].weight.copy_(W)
-        float_base[0].bias.copy_(base[0].bias)
-        float_base[2].load_state_dict(base[2].state_dict())
-    lora = PeftModel.from_pretrained(float_base, tmp_path / "lora").eval()
-    with torch.no_grad():
-        assert rel_err(lora(x), want) < 1e-5
-    with pytest.warns(UserWarning, match="float32 nn.Linear holding W"):
-        plain = torch_neat.merge_and_unload(m)
-    assert type(plain[0]) is nn.Linear and plain[0].weight.dtype == torch.float32
-    with torch.no_grad():
-        assert rel_err(plain(x), want) < 1e-5
+    checks.save_load_export_merge(tmp_path, LAYERS["nf4"], bnb_weight)
 
 
 @pytest.mark.parametrize("load", ["load_in_4bit", "load_in_8bit"])
