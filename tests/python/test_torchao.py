@@ -273,3 +273,10 @@ def test_recognition_imports_no_torchao():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_an_int8_scale_that_overflows_the_format_is_refused():
+    q = int8_layer(64, 48)
+    with torch.no_grad():
+        q.weight.scale[3] = 3e38  # finite, but 127 * scale is not: SCB would be inf
+    checks.neat_linear_refuses(q, r"scale is not finite, or overflows float32 as the format's 127 \* scale")

@@ -62,6 +62,8 @@ def _unsupported_int8(w, d_out: int, d_in: int) -> Optional[str]:
         return "has a torchao Int8Tensor quantized asymmetrically (a nonzero zero_point); NEAT reads symmetric int8"
     if not w.scale.is_floating_point() or w.scale.numel() not in (1, d_out):
         return f"has a torchao Int8Tensor with a {w.scale.dtype} scale of {w.scale.numel()} values"
+    if not bool(torch.isfinite(w.scale.float() * 127.0).all()):
+        return "has a torchao Int8Tensor whose scale is not finite, or overflows float32 as the format's 127 * scale"
     return None
 
 
