@@ -26,7 +26,6 @@ __all__ = [
     "quantized_error", "quantized_reason", "unsupported_reason",
 ]
 
-Tensor = torch.Tensor
 
 # top-level packages whose layers or weight tensors hold quantized storage
 QUANTIZED_PACKAGES = ("bitsandbytes", "torchao", "auto_gptq", "gptqmodel", "awq", "hqq", "optimum", "quanto")
