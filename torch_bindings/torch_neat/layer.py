@@ -112,7 +112,8 @@ class NeatLinear(nn.Module):
 
     @property
     def hidden(self) -> list[Tensor]:
-        return list(self.neat_hidden)
+        # the list's own dict, in order: iterating the ParameterList costs ~1 us per layer (index checks)
+        return list(self.neat_hidden._parameters.values())
 
     @property
     def quantized(self) -> bool:
@@ -188,9 +189,19 @@ class NeatLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.disabled or self.merged:
             return self.base_layer(x)
-        weight, bias = self.base_layer.weight, self.base_layer.bias
+        base = self.base_layer
+        weight, bias = base.weight, base.bias
         if self._qbase is not None:
             return self._quantized_forward(x, bias)
+        if self.training:
+            # the training step, first and with the fewest attribute walks: on a small layer the
+            # Python here costs as much as the kernels (benchmarks/bench_modules.py, d = 64)
+            params = self._parameters
+            A, B = params["neat_A"], params["neat_B"]
+            hidden = self.hidden
+            if x.dtype == weight.dtype == A.dtype and kernel_dtype(x.device, A.dtype) == A.dtype \
+                    and not _ops.autocast_enabled(x):
+                return _ops.fused_linear(x, weight, bias, A, B, hidden, self._act, self.scale)
         if self._use_cached_g():
             G = self.cached_g()
             if self._lowrank_ok(x, weight, bias, G):
