@@ -31,6 +31,9 @@
 // dy is read by two kernels instead of three products (dU, dB, db). One pass for all three would
 // split the sums over N across blocks: atomics (not run-to-run identical) or partial sums of
 // d_out x r per block in the workspace.
+//
+// With a quantized W (neat_cuda_qbackward; dW is never asked for) A W, dy W and dZ0 W^T go through
+// wgemm (quant.cuh): panels of W dequantized into the workspace, W never formed.
 #include "blas.cuh"
 #include "elementwise.cuh"
 #include "entry.cuh"

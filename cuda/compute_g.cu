@@ -1,6 +1,7 @@
 // compute_g.cu - neat_cuda_compute_g: G = stack(act(A W)), (r, d_in), written in G's own dtype
 // and strides (the last stack kernel or a convert writes it, so any view works). A and the hidden
 // weights are rounded to W's dtype first when they are float32 with a half W (as in the forward).
+// A quantized W (neat_cuda_qcompute_g) enters A W panel by panel (quant.cuh).
 #include "blas.cuh"
 #include "entry.cuh"
 #include "gstack.cuh"

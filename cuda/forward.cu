@@ -17,6 +17,9 @@
 // The fused path (NEAT_CUDA_RANK_PATH=fused, r <= kFusedMaxRank) replaces the U product, the
 // conversions and fills of [s U | 1] and [B | b], and the rank-r product by one kernel
 // (fused.cuh): y = s (x G^T) B^T + b, written; then y += x W^T as above (beta = 1).
+//
+// With a quantized W (neat_cuda_qforward, neat_cuda_qlowrank_forward) the products with W (A W and
+// x W^T) go through wgemm (quant.cuh): panels of W dequantized into the workspace, W never formed.
 #include "blas.cuh"
 #include "elementwise.cuh"
 #include "entry.cuh"

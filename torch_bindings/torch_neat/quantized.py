@@ -3,9 +3,9 @@
 NEAT needs W itself (G = act(A W) and the gradient through it), so a layer whose stored weight is not W
 must never be read as if it were: PEFT's PEANuT layer does exactly that and returns a wrong answer over
 LLM.int8. bitsandbytes' ``Linear4bit`` (NF4, FP4, nested or not, any quant_storage) and ``Linear8bitLt``
-(LLM.int8 without fp16 weights) on CPU run on ``neat::qlinear`` and friends, which read the quantized
+(LLM.int8 without fp16 weights) on CPU or CUDA run on ``neat::qlinear`` and friends, which read the quantized
 storage as it is (:class:`QuantizedBase`). Everything else quantized (torchao tensors, GPTQ/AWQ/HQQ/quanto
-layers, integer weights, bitsandbytes layers not quantized yet or on CUDA) is refused. Recognition looks at
+layers, integer weights, bitsandbytes layers not quantized yet or on another device) is refused. Recognition looks at
 class and module names only, so none of those packages is imported until a supported layer is used.
 """
 
@@ -28,9 +28,15 @@ QUANTIZED_PACKAGES = ("bitsandbytes", "torchao", "auto_gptq", "gptqmodel", "awq"
 # attributes quantized parameters carry beside their storage (bitsandbytes: quant_state, SCB, CB)
 _QUANT_ATTRIBUTES = ("quant_state", "SCB", "CB")
 SUPPORTED_BASES = (
-    "torch.nn.Linear with a float32, float64, float16 or bfloat16 weight, and on CPU bitsandbytes' Linear4bit "
-    "(nf4, fp4) and Linear8bitLt (has_fp16_weights=False), quantized"
+    "torch.nn.Linear with a float32, float64, float16 or bfloat16 weight, and on CPU or CUDA bitsandbytes' "
+    "Linear4bit (nf4, fp4) and Linear8bitLt (has_fp16_weights=False), quantized"
 )
+# where the q ops have kernels; bitsandbytes 0.50 keeps the same packed bytes, absmax and SCB on both
+# (4-bit: the flattened weight's codes, two per byte, high nibble first, one absmax per block, nested
+# or not; int8: CB (d_out, d_in) row-major int8 and SCB the d_out float32 row scales, from the same
+# int8_vectorwise_quant op), so one reading serves both. What differs on CUDA: bitsandbytes' own
+# dequantize_4bit reads absmax by flat block there, as the q ops do, for any d_in.
+_QDEVICES = ("cpu", "cuda")
 # neat_qformat values (shim/neat.h)
 _NF4, _FP4, _INT8_ROW = 1, 2, 3
 
@@ -97,7 +103,7 @@ class QuantizedBase:
     def args(self) -> tuple[list, list, float]:
         w = self.module.weight
         if self.kind == "Linear8bitLt":
-            return [w.data, w.SCB], [_INT8_ROW, self.d_out, self.d_in, 0, 0], 0.0
+            return [w.data, _int8_scb(self.module)], [_INT8_ROW, self.d_out, self.d_in, 0, 0], 0.0
         qs = w.quant_state
         fmt = _NF4 if qs.quant_type == "nf4" else _FP4
         data = w.data.reshape(-1).view(torch.uint8)  # any quant_storage holds the same packed bytes
@@ -118,17 +124,26 @@ class QuantizedBase:
 
         w = self.module.weight
         if self.kind == "Linear8bitLt":
-            return (w.data.float() * w.SCB.float()[:, None]) * 7.874015718698502e-3
+            return (w.data.float() * _int8_scb(self.module).float()[:, None]) * 7.874015718698502e-3
         return bnbf.dequantize_4bit(w.data, w.quant_state).float().reshape(self.d_out, self.d_in)
+
+
+def _int8_scb(module: nn.Module) -> Optional[Tensor]:
+    # bitsandbytes' own forward moves SCB from the weight to module.state (init_8bit_state) on any
+    # device; the values are the same either way
+    scb = getattr(module.weight, "SCB", None)
+    if scb is None:
+        scb = getattr(getattr(module, "state", None), "SCB", None)
+    return scb
 
 
 def _unsupported_bnb(module: nn.Module, kind: str) -> Optional[str]:
     w = module.weight
-    if w.device.type != "cpu":
-        return f"is a bitsandbytes {kind} on {w.device.type} (quantized weights run on CPU only so far)"
+    if w.device.type not in _QDEVICES:
+        return f"is a bitsandbytes {kind} on {w.device.type} (quantized weights run on CPU and CUDA only)"
     if kind == "Linear4bit" and getattr(w, "quant_state", None) is None:
         return "is a bitsandbytes Linear4bit not quantized yet (bitsandbytes quantizes on .to(device))"
-    if kind == "Linear8bitLt" and (w.dtype != torch.int8 or getattr(w, "SCB", None) is None):
+    if kind == "Linear8bitLt" and (w.dtype != torch.int8 or _int8_scb(module) is None):
         return ("is a bitsandbytes Linear8bitLt not quantized to int8 (quantized on .to(device), with "
                 "has_fp16_weights=False)")
     return None
