@@ -73,15 +73,15 @@ QArgs qargs_of(const neat_qweight &q)
 __device__ __forceinline__ float dequant_one(const QArgs &q, int64_t i, int64_t k)
 {
     if (!q.four_bit) {
-        const int8_t cb = static_cast<const int8_t *>(static_cast<const void *>(q.data))[i * q.row_stride + k];
-        return mul_rn(mul_rn(static_cast<float>(cb), q.scb[i]), kInt8Scale);
+        const int8_t *cb = static_cast<const int8_t *>(static_cast<const void *>(q.data));
+        return mul_rn(mul_rn(static_cast<float>(cb[i * q.row_stride + k]), q.scb[i]), kInt8Scale);
     }
     const int64_t e = i * q.d_in + k, blk = e / q.blocksize;
     const unsigned byte = q.data[e >> 1];
     const unsigned c = (e & 1) ? (byte & 15u) : (byte >> 4);
-    const float s = q.nested
-                        ? add_rn(mul_rn(q.code2[q.absmax_q[blk]], q.absmax2[blk / q.blocksize2]), q.offset)
-                        : q.absmax[blk];
+    const float s =
+        q.nested ? add_rn(mul_rn(q.code2[q.absmax_q[blk]], q.absmax2[blk / q.blocksize2]), q.offset)
+                 : q.absmax[blk];
     return mul_rn(q.code[c], s);
 }
 
@@ -188,8 +188,8 @@ neat_status wgemm(Ctx &ctx, Mat C, Mat A, const Weight &W, bool trans, double al
     const Plan p = plan_of(q, T, trans);
     if (A.rows != C.rows || A.cols != p.K || C.cols != p.nout)
         return neat_set_error(NEAT_ERR_INTERNAL,
-                              "%s: quantized gemm shapes (%lld x %lld) = (%lld x %lld) op(W)", ctx.fn,
-                              (long long)C.rows, (long long)C.cols, (long long)A.rows,
+                              "%s: quantized gemm shapes (%lld x %lld) = (%lld x %lld) op(W)",
+                              ctx.fn, (long long)C.rows, (long long)C.cols, (long long)A.rows,
                               (long long)A.cols);
     if (ctx.dry || C.rows == 0 || C.cols == 0) return NEAT_OK;
     for (int64_t jp = 0; jp < p.no; ++jp) {

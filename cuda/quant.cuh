@@ -4,16 +4,19 @@
 // Every product with W goes through wgemm(). With a float W it is the one gemm() it always was.
 // With a quantized W the product is cut into panels of op(W): pk rows of the sum by po output
 // columns, as many of the sum as fit (a split sum costs one more beta = 1 pass over the output per
-// panel), the output columns as wide as the panel budget allows and evened out over them. Each
-// panel is dequantized by one kernel (the values of ops/quant.c, bit for bit) and multiplied by
-// cuBLAS, beta as asked for the first panel of the sum and 1 after it. One panel buffer, carved
+// panel, and a half output one more rounding; it splits only past 64 columns' worth of budget,
+// K > 8192 in bfloat16 at the smallest budget), the output columns as wide as the panel budget
+// allows and evened out over them. Each panel is dequantized by one kernel (the values of
+// ops/quant.c, bit for bit) and multiplied by cuBLAS, beta as asked for the first panel of the sum
+// and 1 after it. One panel buffer, carved
 // once per call, serves every product of the call: they run one after the other on the stream.
 // The grid of panels depends only on the shapes and the budget, so the results depend on nothing
 // else either (no atomics, a fixed order: run-to-run identical like the float path).
 //
 // The budget: an eighth of a float W in the compute dtype, within [1 MiB, 8 MiB] (a 4096 x 4096
-// bfloat16 W: 4 MiB panels, 512 columns of a full sum), or NEAT_CUDA_QPANEL_KB KiB when the
-// environment sets it (read at every call; tests shrink it to take many panels in every product).
+// bfloat16 W: 4 MiB panels, 512 columns of a full sum, 8 panels per product), or
+// NEAT_CUDA_QPANEL_KB KiB when the environment sets it (read at every call; tests shrink it to
+// take many panels in every product).
 // Change it between calls, never between a size query and the call it sizes.
 #pragma once
 
