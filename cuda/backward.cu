@@ -31,11 +31,15 @@
 // dy is read by two kernels instead of three products (dU, dB, db). One pass for all three would
 // split the sums over N across blocks: atomics (not run-to-run identical) or partial sums of
 // d_out x r per block in the workspace.
+//
+// With a quantized W (neat_cuda_qbackward; dW is never asked for) A W, dy W and dZ0 W^T go through
+// wgemm (quant.cuh): panels of W dequantized into the workspace, W never formed.
 #include "blas.cuh"
 #include "elementwise.cuh"
 #include "entry.cuh"
 #include "fused.cuh"
 #include "gstack.cuh"
+#include "quant.cuh"
 
 namespace neat_cuda {
 namespace {
@@ -79,9 +83,9 @@ neat_status by_cols(Ctx &ctx, Mat dy, Mat stage, F &&f)
 }
 
 neat_status backward_plan(Ctx &ctx, const neat_grads *grads, const neat_tensor *dy,
-                          const neat_args *args, int with_base)
+                          const neat_args *args, const neat_qweight *q, int with_base)
 {
-    const Mat x = mat_of(args->x), W = mat_of(args->weight), A = mat_of(args->A),
+    const Mat x = mat_of(args->x), W = weight_view(args->weight, q), A = mat_of(args->A),
               B = mat_of(args->B), dY = mat_of(dy);
     const int64_t n = x.rows, d_in = W.cols, d_out = W.rows, r = A.rows;
     const neat_dtype T = W.dt, acc = acc_dtype(T);
@@ -97,9 +101,10 @@ neat_status backward_plan(Ctx &ctx, const neat_grads *grads, const neat_tensor *
     if (!(row_pass || col_pass)) return NEAT_OK;
     NEAT_CUDA_TRY(begin_call(ctx));
 
-    Mat xg, Wg, Ag, H[NEAT_MAX_HIDDEN];
+    Mat xg, Ag, H[NEAT_MAX_HIDDEN];
+    Weight Wg;
     NEAT_CUDA_TRY(ready_input(ctx, x, T, &xg));
-    NEAT_CUDA_TRY(ready_input(ctx, W, T, &Wg));
+    NEAT_CUDA_TRY(weight_prepare(ctx, args->weight, q, T, &Wg));
     NEAT_CUDA_TRY(ready_input(ctx, A, T, &Ag));
     NEAT_CUDA_TRY(prepare_hidden(ctx, args, T, H));
 
@@ -118,7 +123,7 @@ neat_status backward_plan(Ctx &ctx, const neat_grads *grads, const neat_tensor *
 
     // Recompute the forward's G (and, for the stack backward, every level's Z and G).
     Mat Z0 = ctx.scratch(acc, r, d_in);
-    NEAT_CUDA_TRY(gemm(ctx, Z0, Ag, Wg, 1.0, 0.0));
+    NEAT_CUDA_TRY(wgemm(ctx, Z0, Ag, Wg, false, 1.0, 0.0));
     Mat G = need_g ? ctx.scratch(T, r, d_in) : mat_contig(nullptr, T, 0, d_in);
     Stack st;
     NEAT_CUDA_TRY(stack_forward(ctx, args, H, Z0, G, /*keep=*/need_dz0, &st));
@@ -144,13 +149,13 @@ neat_status backward_plan(Ctx &ctx, const neat_grads *grads, const neat_tensor *
                     a.out = row_slice(dxo.work, i0, dyb.rows);
                 }
                 NEAT_CUDA_TRY(launch_fused_rows(ctx, a));
-                return want_dx && with_base ? gemm(ctx, a.out, dyb, Wg, 1.0, 1.0) : NEAT_OK;
+                return want_dx && with_base ? wgemm(ctx, a.out, dyb, Wg, false, 1.0, 1.0) : NEAT_OK;
             }
             NEAT_CUDA_TRY(gemm(ctx, dUb, dyb, Bg, s, 0.0));
             if (!want_dx) return NEAT_OK;
             const Mat dxb = row_slice(dxo.work, i0, dyb.rows);
             NEAT_CUDA_TRY(gemm(ctx, dxb, dUb, G, 1.0, 0.0));
-            return with_base ? gemm(ctx, dxb, dyb, Wg, 1.0, 1.0) : NEAT_OK;
+            return with_base ? wgemm(ctx, dxb, dyb, Wg, false, 1.0, 1.0) : NEAT_OK;
         }));
         if (want_dx) NEAT_CUDA_TRY(finish_output(ctx, dxo));
     }
@@ -223,7 +228,7 @@ neat_status backward_plan(Ctx &ctx, const neat_grads *grads, const neat_tensor *
     if (want_da) { // dA = dZ0 W^T
         Output o;
         NEAT_CUDA_TRY(begin_output(ctx, mat_of(grads->dA), T, &o));
-        NEAT_CUDA_TRY(gemm(ctx, o.work, dZ0T, transposed(Wg), 1.0, 0.0));
+        NEAT_CUDA_TRY(wgemm(ctx, o.work, dZ0T, Wg, true, 1.0, 0.0));
         NEAT_CUDA_TRY(finish_output(ctx, o));
     }
 
@@ -240,28 +245,45 @@ neat_status backward_plan(Ctx &ctx, const neat_grads *grads, const neat_tensor *
 
 using namespace neat_cuda;
 
-extern "C" neat_status neat_cuda_backward_workspace_size(const neat_grads *grads,
-                                                         const neat_args *args, int with_base,
-                                                         const neat_exec *exec, size_t *bytes)
+extern "C" neat_status neat_cuda_qbackward_workspace_size(const neat_grads *grads,
+                                                          const neat_args *args,
+                                                          const neat_qweight *qw, int with_base,
+                                                          const neat_exec *exec, size_t *bytes)
 {
     // The size query sees the same grads as the compute call but no dy: a contiguous one stands in
     // (the plan carves the same whatever dy's strides; see the stage above).
     neat_tensor dy{};
-    dy.dtype = args->weight->dtype;
+    dy.dtype = qw ? qw->dtype : args->weight->dtype;
     dy.ndim = 2;
     dy.sizes[0] = args->x->sizes[0];
-    dy.sizes[1] = args->weight->sizes[0];
+    dy.sizes[1] = qw ? qw->d_out : args->weight->sizes[0];
     dy.strides[0] = dy.sizes[1];
     dy.strides[1] = 1;
     dy.device = args->x->device;
     return plan_size("neat_cuda_backward", args->x->device.index, exec, bytes,
-                     [&](Ctx &ctx) { return backward_plan(ctx, grads, &dy, args, with_base); });
+                     [&](Ctx &ctx) { return backward_plan(ctx, grads, &dy, args, qw, with_base); });
+}
+
+extern "C" neat_status neat_cuda_qbackward(const neat_grads *grads, const neat_tensor *dy,
+                                           const neat_args *args, const neat_qweight *qw,
+                                           int with_base, void *workspace, size_t workspace_bytes,
+                                           const neat_exec *exec)
+{
+    return plan_run("neat_cuda_backward", args->x->device.index, exec, workspace, workspace_bytes,
+                    [&](Ctx &ctx) { return backward_plan(ctx, grads, dy, args, qw, with_base); });
+}
+
+extern "C" neat_status neat_cuda_backward_workspace_size(const neat_grads *grads,
+                                                         const neat_args *args, int with_base,
+                                                         const neat_exec *exec, size_t *bytes)
+{
+    return neat_cuda_qbackward_workspace_size(grads, args, nullptr, with_base, exec, bytes);
 }
 
 extern "C" neat_status neat_cuda_backward(const neat_grads *grads, const neat_tensor *dy,
                                           const neat_args *args, int with_base, void *workspace,
                                           size_t workspace_bytes, const neat_exec *exec)
 {
-    return plan_run("neat_cuda_backward", args->x->device.index, exec, workspace, workspace_bytes,
-                    [&](Ctx &ctx) { return backward_plan(ctx, grads, dy, args, with_base); });
+    return neat_cuda_qbackward(grads, dy, args, nullptr, with_base, workspace, workspace_bytes,
+                               exec);
 }

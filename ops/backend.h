@@ -46,34 +46,44 @@ NEAT_DECLARE_BACKEND(neat_cpu)
 NEAT_DECLARE_LOWRANK(neat_cpu)
 
 /*
- * The CPU backend with a quantized W (the neat_q* entry points; qw != NULL): the same contract,
- * args->weight is NULL and qw has passed validation. qw == NULL is the float call.
+ * A backend with a quantized W (the neat_q* entry points; qw != NULL): the same contract,
+ * args->weight is NULL and qw has passed validation (its device is the call's). qw == NULL is the
+ * float call.
  */
-neat_status neat_cpu_qforward_workspace_size(const neat_args *args, const neat_qweight *qw,
-                                             int with_base, const neat_exec *exec, size_t *bytes);
-neat_status neat_cpu_qforward(neat_tensor *y, const neat_args *args, const neat_qweight *qw,
-                              int with_base, void *workspace, size_t workspace_bytes,
-                              const neat_exec *exec);
-neat_status neat_cpu_qbackward_workspace_size(const neat_grads *grads, const neat_args *args,
-                                              const neat_qweight *qw, int with_base,
-                                              const neat_exec *exec, size_t *bytes);
-neat_status neat_cpu_qbackward(const neat_grads *grads, const neat_tensor *dy,
-                               const neat_args *args, const neat_qweight *qw, int with_base,
-                               void *workspace, size_t workspace_bytes, const neat_exec *exec);
-neat_status neat_cpu_qcompute_g_workspace_size(const neat_args *args, const neat_qweight *qw,
-                                               const neat_exec *exec, size_t *bytes);
-neat_status neat_cpu_qcompute_g(neat_tensor *G, const neat_args *args, const neat_qweight *qw,
-                                void *workspace, size_t workspace_bytes, const neat_exec *exec);
-neat_status neat_cpu_qlowrank_forward_workspace_size(const neat_lowrank_args *args,
-                                                     const neat_qweight *qw,
-                                                     const neat_exec *exec, size_t *bytes);
-neat_status neat_cpu_qlowrank_forward(neat_tensor *y, const neat_lowrank_args *args,
-                                      const neat_qweight *qw, void *workspace,
-                                      size_t workspace_bytes, const neat_exec *exec);
+#define NEAT_DECLARE_QBACKEND(prefix)                                                           \
+    neat_status prefix##_qforward_workspace_size(const neat_args *args, const neat_qweight *qw, \
+                                                 int with_base, const neat_exec *exec,          \
+                                                 size_t *bytes);                                \
+    neat_status prefix##_qforward(neat_tensor *y, const neat_args *args, const neat_qweight *qw, \
+                                  int with_base, void *workspace, size_t workspace_bytes,       \
+                                  const neat_exec *exec);                                       \
+    neat_status prefix##_qbackward_workspace_size(const neat_grads *grads,                      \
+                                                  const neat_args *args, const neat_qweight *qw, \
+                                                  int with_base, const neat_exec *exec,         \
+                                                  size_t *bytes);                               \
+    neat_status prefix##_qbackward(const neat_grads *grads, const neat_tensor *dy,              \
+                                   const neat_args *args, const neat_qweight *qw,               \
+                                   int with_base, void *workspace, size_t workspace_bytes,      \
+                                   const neat_exec *exec);                                      \
+    neat_status prefix##_qcompute_g_workspace_size(const neat_args *args,                       \
+                                                   const neat_qweight *qw,                      \
+                                                   const neat_exec *exec, size_t *bytes);       \
+    neat_status prefix##_qcompute_g(neat_tensor *G, const neat_args *args,                      \
+                                    const neat_qweight *qw, void *workspace,                    \
+                                    size_t workspace_bytes, const neat_exec *exec);             \
+    neat_status prefix##_qlowrank_forward_workspace_size(const neat_lowrank_args *args,         \
+                                                         const neat_qweight *qw,                \
+                                                         const neat_exec *exec, size_t *bytes); \
+    neat_status prefix##_qlowrank_forward(neat_tensor *y, const neat_lowrank_args *args,        \
+                                          const neat_qweight *qw, void *workspace,              \
+                                          size_t workspace_bytes, const neat_exec *exec);
+
+NEAT_DECLARE_QBACKEND(neat_cpu)
 
 #ifdef NEAT_WITH_CUDA
 NEAT_DECLARE_BACKEND(neat_cuda)
 NEAT_DECLARE_LOWRANK(neat_cuda)
+NEAT_DECLARE_QBACKEND(neat_cuda)
 #endif
 
 /* What a message of a call starts with: the caller's name for the call (neat_exec.names), else

@@ -22,36 +22,47 @@ typedef struct neat_backend {
     neat_status (*lowrank_workspace_size)(const neat_lowrank_args *, const neat_exec *, size_t *);
     neat_status (*lowrank)(neat_tensor *, const neat_lowrank_args *, void *, size_t,
                            const neat_exec *);
+    /* the same with a quantized W (the neat_q* calls) */
+    neat_status (*qforward_workspace_size)(const neat_args *, const neat_qweight *, int,
+                                           const neat_exec *, size_t *);
+    neat_status (*qforward)(neat_tensor *, const neat_args *, const neat_qweight *, int, void *,
+                            size_t, const neat_exec *);
+    neat_status (*qbackward_workspace_size)(const neat_grads *, const neat_args *,
+                                            const neat_qweight *, int, const neat_exec *,
+                                            size_t *);
+    neat_status (*qbackward)(const neat_grads *, const neat_tensor *, const neat_args *,
+                             const neat_qweight *, int, void *, size_t, const neat_exec *);
+    neat_status (*qcompute_g_workspace_size)(const neat_args *, const neat_qweight *,
+                                             const neat_exec *, size_t *);
+    neat_status (*qcompute_g)(neat_tensor *, const neat_args *, const neat_qweight *, void *,
+                              size_t, const neat_exec *);
+    neat_status (*qlowrank_workspace_size)(const neat_lowrank_args *, const neat_qweight *,
+                                           const neat_exec *, size_t *);
+    neat_status (*qlowrank)(neat_tensor *, const neat_lowrank_args *, const neat_qweight *,
+                            void *, size_t, const neat_exec *);
 } neat_backend;
 
-static const neat_backend neat_cpu_backend = {
-    neat_cpu_forward_workspace_size,  neat_cpu_forward,
-    neat_cpu_backward_workspace_size, neat_cpu_backward,
-    neat_cpu_compute_g_workspace_size, neat_cpu_compute_g,
-    neat_cpu_lowrank_forward_workspace_size, neat_cpu_lowrank_forward,
-};
+#define NEAT_BACKEND_TABLE(prefix)                                                              \
+    {prefix##_forward_workspace_size,          prefix##_forward,                               \
+     prefix##_backward_workspace_size,         prefix##_backward,                              \
+     prefix##_compute_g_workspace_size,        prefix##_compute_g,                             \
+     prefix##_lowrank_forward_workspace_size,  prefix##_lowrank_forward,                       \
+     prefix##_qforward_workspace_size,         prefix##_qforward,                              \
+     prefix##_qbackward_workspace_size,        prefix##_qbackward,                             \
+     prefix##_qcompute_g_workspace_size,       prefix##_qcompute_g,                            \
+     prefix##_qlowrank_forward_workspace_size, prefix##_qlowrank_forward}
+
+static const neat_backend neat_cpu_backend = NEAT_BACKEND_TABLE(neat_cpu);
 
 #ifdef NEAT_WITH_CUDA
-static const neat_backend neat_cuda_backend = {
-    neat_cuda_forward_workspace_size,  neat_cuda_forward,
-    neat_cuda_backward_workspace_size, neat_cuda_backward,
-    neat_cuda_compute_g_workspace_size, neat_cuda_compute_g,
-    neat_cuda_lowrank_forward_workspace_size, neat_cuda_lowrank_forward,
-};
+static const neat_backend neat_cuda_backend = NEAT_BACKEND_TABLE(neat_cuda);
 #endif
 
 /* The backend for a validated device, or NULL with the error set. */
-static const neat_backend *neat_backend_for(const neat_check *c, const neat_entry *e)
+static const neat_backend *neat_backend_for(const neat_check *c)
 {
     if (c->p.device.type == NEAT_DEVICE_CPU)
         return &neat_cpu_backend;
-    if (e->quantized) {
-        neat_set_error(NEAT_ERR_UNSUPPORTED,
-                       "%s: %s is on cuda:%d; quantized weights are computed on the CPU only so "
-                       "far (no CUDA kernel dequantizes them yet)",
-                       c->fn, neat_arg_name(c, NEAT_ARG_QWEIGHT), (int)c->p.device.index);
-        return NULL;
-    }
 #ifdef NEAT_WITH_CUDA
     return &neat_cuda_backend;
 #else
@@ -63,35 +74,33 @@ static const neat_backend *neat_backend_for(const neat_check *c, const neat_entr
 #endif
 }
 
-/* The CPU backend's quantized functions (device checked by neat_backend_for). */
-static neat_status neat_qbackend_size(const neat_entry *e, const neat_call *k,
-                                      const neat_exec *exec, size_t *bytes)
+/* A backend's quantized functions (the qweight's device is the call's: validation). */
+static neat_status neat_qbackend_size(const neat_backend *be, const neat_entry *e,
+                                      const neat_call *k, const neat_exec *exec, size_t *bytes)
 {
     const neat_qweight *q = k->qweight;
     switch (e->op) {
     case NEAT_OP_FORWARD:
-        return neat_cpu_qforward_workspace_size(k->args, q, e->with_base, exec, bytes);
+        return be->qforward_workspace_size(k->args, q, e->with_base, exec, bytes);
     case NEAT_OP_BACKWARD:
-        return neat_cpu_qbackward_workspace_size(k->grads, k->args, q, e->with_base, exec, bytes);
-    case NEAT_OP_COMPUTE_G: return neat_cpu_qcompute_g_workspace_size(k->args, q, exec, bytes);
-    case NEAT_OP_LOWRANK:
-        return neat_cpu_qlowrank_forward_workspace_size(k->lowrank, q, exec, bytes);
+        return be->qbackward_workspace_size(k->grads, k->args, q, e->with_base, exec, bytes);
+    case NEAT_OP_COMPUTE_G: return be->qcompute_g_workspace_size(k->args, q, exec, bytes);
+    case NEAT_OP_LOWRANK: return be->qlowrank_workspace_size(k->lowrank, q, exec, bytes);
     }
     return neat_set_error(NEAT_ERR_INTERNAL, "%s: unknown op %d", e->fn, (int)e->op);
 }
 
-static neat_status neat_qbackend_run(const neat_entry *e, const neat_call *k, void *ws,
-                                     size_t ws_bytes, const neat_exec *exec)
+static neat_status neat_qbackend_run(const neat_backend *be, const neat_entry *e,
+                                     const neat_call *k, void *ws, size_t ws_bytes,
+                                     const neat_exec *exec)
 {
     const neat_qweight *q = k->qweight;
     switch (e->op) {
-    case NEAT_OP_FORWARD:
-        return neat_cpu_qforward(k->out, k->args, q, e->with_base, ws, ws_bytes, exec);
+    case NEAT_OP_FORWARD: return be->qforward(k->out, k->args, q, e->with_base, ws, ws_bytes, exec);
     case NEAT_OP_BACKWARD:
-        return neat_cpu_qbackward(k->grads, k->dy, k->args, q, e->with_base, ws, ws_bytes, exec);
-    case NEAT_OP_COMPUTE_G: return neat_cpu_qcompute_g(k->out, k->args, q, ws, ws_bytes, exec);
-    case NEAT_OP_LOWRANK:
-        return neat_cpu_qlowrank_forward(k->out, k->lowrank, q, ws, ws_bytes, exec);
+        return be->qbackward(k->grads, k->dy, k->args, q, e->with_base, ws, ws_bytes, exec);
+    case NEAT_OP_COMPUTE_G: return be->qcompute_g(k->out, k->args, q, ws, ws_bytes, exec);
+    case NEAT_OP_LOWRANK: return be->qlowrank(k->out, k->lowrank, q, ws, ws_bytes, exec);
     }
     return neat_set_error(NEAT_ERR_INTERNAL, "%s: unknown op %d", e->fn, (int)e->op);
 }
@@ -100,7 +109,7 @@ static neat_status neat_backend_size(const neat_backend *be, const neat_entry *e
                                      const neat_call *k, const neat_exec *exec, size_t *bytes)
 {
     if (e->quantized)
-        return neat_qbackend_size(e, k, exec, bytes);
+        return neat_qbackend_size(be, e, k, exec, bytes);
     switch (e->op) {
     case NEAT_OP_FORWARD: return be->forward_workspace_size(k->args, e->with_base, exec, bytes);
     case NEAT_OP_BACKWARD:
@@ -116,7 +125,7 @@ static neat_status neat_backend_run(const neat_backend *be, const neat_entry *e,
                                     const neat_exec *exec)
 {
     if (e->quantized)
-        return neat_qbackend_run(e, k, ws, ws_bytes, exec);
+        return neat_qbackend_run(be, e, k, ws, ws_bytes, exec);
     switch (e->op) {
     case NEAT_OP_FORWARD: return be->forward(k->out, k->args, e->with_base, ws, ws_bytes, exec);
     case NEAT_OP_BACKWARD:
@@ -141,7 +150,7 @@ static neat_status neat_run(const neat_entry *e, const neat_call *k, int query, 
         return neat_set_error(NEAT_ERR_INVALID_ARGUMENT, "%s: %s must not be NULL", c.fn,
                               query ? "bytes" : neat_arg_name(&c, e->needed));
     NEAT_TRY(neat_validate(&c, e, k, exec, query));
-    const neat_backend *be = neat_backend_for(&c, e);
+    const neat_backend *be = neat_backend_for(&c);
     if (!be)
         return NEAT_ERR_UNSUPPORTED;
     if (query)

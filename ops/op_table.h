@@ -109,7 +109,7 @@ typedef struct neat_entry {
     int with_base;     /* backend.h's with_base */
     uint8_t needed;    /* the view a compute call cannot do without: y, dy or G */
     const neat_row *const *rows; /* in the order they are checked; NULL ends */
-    int quantized;     /* takes a neat_qweight (the neat_q* calls, CPU only) */
+    int quantized;     /* takes a neat_qweight (the neat_q* calls) */
 } neat_entry;
 
 extern const neat_entry neat_linear_forward_entry;

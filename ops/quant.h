@@ -52,4 +52,11 @@ void neat_dequant_panel_par(const neat_qweight *q, neat_dtype dtype, int64_t i0,
                             int64_t k0, int64_t cols, void *dst, int64_t ld,
                             const neat_exec *exec);
 
+/* The same panel on CUDA (cuda/quant.cu; CUDA and emulated builds only): dst is device memory
+ * on q's device, written on `stream` (NULL: the default stream) before the call returns. For
+ * the tests, which hold it to the reference bit for bit. */
+neat_status neat_cuda_dequant_panel(const neat_qweight *q, neat_dtype dtype, int64_t i0,
+                                    int64_t rows, int64_t k0, int64_t cols, void *dst, int64_t ld,
+                                    void *stream);
+
 #endif /* NEAT_QUANT_H */

@@ -332,8 +332,11 @@ NEAT_API neat_status neat_lowrank_forward(neat_tensor *y, const neat_lowrank_arg
  * per G-stack group), never anything the size of W (docs/design.md §5.2). Each neat_q* call
  * takes the arguments of its float twin plus qweight; args->weight (or args->weight of
  * neat_lowrank_args) must be NULL. A quantized weight is frozen: grads->dweight must be NULL.
- * CPU only for now: a qweight on CUDA gives NEAT_ERR_UNSUPPORTED. The dequantized values are
- * float32 products, exactly as bitsandbytes forms them, widened to double in float64 calls.
+ * On CPU and CUDA (bitsandbytes' CUDA layers hold the same arrays; on CUDA every array lives on
+ * qweight->device, the call's device, and a library built without CUDA gives
+ * NEAT_ERR_UNSUPPORTED as for any CUDA call). The dequantized values are float32 products,
+ * exactly as bitsandbytes forms them, widened to double in float64 calls and rounded once to a
+ * half compute dtype (CUDA) as bitsandbytes' dequantize rounds to its output dtype.
  */
 typedef enum neat_qformat {
     /* 0 is no format, so that a zeroed descriptor fails on its format */
@@ -360,7 +363,8 @@ typedef enum neat_qformat {
 typedef struct neat_qweight {
     neat_qformat format;
     neat_dtype dtype;   /* the compute dtype (what W dequantizes to): every tensor of the call
-                           has it; float32 or float64 on CPU */
+                           has it; float32 or float64 on CPU, also bfloat16 and
+                           float16 on CUDA (where A, B, hidden may then be float32) */
     neat_device device; /* where every array below lives */
     int64_t d_out, d_in;
     const void *data;   /* 4-bit: ceil(d_out * d_in / 2) bytes; int8: CB */

@@ -23,8 +23,8 @@
  * block sizes 16 .. 4096, or LLM.int8 rows with a padded stride) through the neat_q* entry
  * points: the reference then runs on the reference-dequantized W, dweight is not requested
  * (the weight is frozen), and every other rule above holds (guards, exact workspaces, untouched
- * buffers, bitwise reruns). On a CUDA device (tests/cuda_emu's build) such a case must be
- * refused with NEAT_ERR_UNSUPPORTED instead.
+ * buffers, bitwise reruns). On a CUDA device (tests/cuda_emu's build) the same cases run
+ * through cuda/quant.cu's panel loops.
  *
  * Every case is a pure function of (seed, index), so one failure replays alone:
  *   NEAT_FUZZ_SEED=<seed> NEAT_FUZZ_CASE=<index> ./test_fuzz
@@ -685,12 +685,6 @@ static neat_status bwd(const fz_case *c, const neat_qweight *q, const neat_grads
                         : neat_adapter_backward(g, dy, a, ws, bytes, ex);
 }
 
-/* What a call must return: NEAT_OK, except for a quantized W on CUDA (no kernel yet). */
-static neat_status expected_status(const fz_case *c)
-{
-    return c->quant && tb_device().type == NEAT_DEVICE_CUDA ? NEAT_ERR_UNSUPPORTED : NEAT_OK;
-}
-
 /* Forward, compute_g and backward with one exec, each with a workspace of exactly the size its
  * query reported. */
 static void run_calls(const fz_case *c, fz_inputs *in, fz_outputs *o, const neat_exec *ex,
@@ -698,7 +692,7 @@ static void run_calls(const fz_case *c, fz_inputs *in, fz_outputs *o, const neat
 {
     const neat_args *a = &in->args;
     const neat_qweight *qw = c->quant ? &in->q.q : NULL;
-    neat_status want = expected_status(c);
+    const neat_status want = NEAT_OK; /* a quantized W on CUDA included */
     size_t bytes = 0;
     gbuf ws;
 
@@ -1012,7 +1006,7 @@ static int run_case(const fz_case *c, int verbose)
     stats.threaded += c->threads > 1;
     stats.quantized += c->quant;
 
-    if (c->short_ws && expected_status(c) == NEAT_OK) {
+    if (c->short_ws) {
         CHECK(st.fwd_short == NEAT_ERR_WORKSPACE && st.g_short == NEAT_ERR_WORKSPACE &&
                   st.bwd_short == NEAT_ERR_WORKSPACE,
               "case %ld: a workspace one byte short was not refused (%d %d %d)", c->index,
@@ -1173,7 +1167,7 @@ int main(void)
     printf("test_fuzz: %ld cases with a host GEMM provider (%ld provider calls), %ld with a "
            "quantized W%s\n",
            stats.provided, stats.provider_calls, stats.quantized,
-           tb_device().type == NEAT_DEVICE_CUDA ? " (refused on CUDA, as they must be)" : "");
+           tb_device().type == NEAT_DEVICE_CUDA ? " (on CUDA views)" : "");
     printf("test_fuzz: replay one case with NEAT_FUZZ_SEED=0x%llx NEAT_FUZZ_CASE=<index>\n",
            (unsigned long long)seed);
     return check_exit("test_fuzz");

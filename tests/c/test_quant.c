@@ -12,8 +12,13 @@
  *   - every workspace exactly the queried size against a guard page (both sides, misaligned
  *     too), one byte short refused, and the size below a float copy of W;
  *   - thread counts 1..4 bit for bit;
- *   - an error naming the field for each bad descriptor field, and NEAT_ERR_UNSUPPORTED on
- *     CUDA.
+ *   - an error naming the field for each bad descriptor field; on CUDA without a CUDA build,
+ *     NEAT_ERR_UNSUPPORTED.
+ *
+ * Built a second time as test_quant_cuda (tests/cuda_emu, NEAT_TEST_ON_CUDA): every tensor and
+ * the qweight on cuda:0, each call through cuda/ on the emulated runtime, and the CUDA
+ * dequantizer (cuda/quant.cu) held to the reference bit for bit like the CPU one. Thread
+ * counts change nothing there (the CUDA backend ignores them), which the same checks confirm.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -297,7 +302,14 @@ static void check_case(const qcase *c, uint64_t seed, int thread_check)
     layer_free(&l);
 }
 
-/* The library's dequantizer against the reference, bit for bit, on rectangles of W. */
+/* The dequantizers: the CPU one, and on test_quant_cuda the CUDA one too. */
+#ifdef NEAT_TEST_ON_CUDA
+#define DEQUANTIZERS 2
+#else
+#define DEQUANTIZERS 1
+#endif
+
+/* The library's dequantizer(s) against the reference, bit for bit, on rectangles of W. */
 static void check_dequant(const qref_spec *qs, int64_t d_out, int64_t d_in, uint64_t seed)
 {
     char what[64];
@@ -321,20 +333,32 @@ static void check_dequant(const qref_spec *qs, int64_t d_out, int64_t d_in, uint
             void *P = xmalloc((size_t)(rows * ld) * es_of(dt));
             int threads = 1 + t % 4;
             neat_exec ex = {pthread_parallel_for, &threads, threads, NULL, 0, NULL, NULL, NULL};
-            neat_dequant_panel_par(&r.q, dt, i0, rows, k0, cols, P, ld, &ex);
-            int bad = 0;
-            for (int64_t i = 0; i < rows; i++)
-                for (int64_t k = 0; k < cols; k++) {
-                    double v = dt == NEAT_FLOAT64 ? ((double *)P)[i * ld + k]
-                                                  : ((float *)P)[i * ld + k];
-                    double want = W[(i0 + i) * d_in + k0 + k];
-                    bad += v != want;
-                    nonzero += want != 0;
+            for (int dev = 0; dev < DEQUANTIZERS; dev++) {
+                const char *who = dev ? "cuda" : "cpu";
+                memset(P, 0xff, (size_t)(rows * ld) * es_of(dt));
+                if (dev) {
+#ifdef NEAT_TEST_ON_CUDA
+                    CHECK(neat_cuda_dequant_panel(&r.q, dt, i0, rows, k0, cols, P, ld, NULL) ==
+                              NEAT_OK,
+                          "%s: cuda dequant: %s", what, neat_last_error());
+#endif
+                } else {
+                    neat_dequant_panel_par(&r.q, dt, i0, rows, k0, cols, P, ld, &ex);
                 }
-            CHECK(bad == 0, "%s %s: dequant of W[%lld:+%lld, %lld:+%lld]: %d elements differ "
-                            "from the reference",
-                  what, d ? "f64" : "f32", (long long)i0, (long long)rows, (long long)k0,
-                  (long long)cols, bad);
+                int bad = 0;
+                for (int64_t i = 0; i < rows; i++)
+                    for (int64_t k = 0; k < cols; k++) {
+                        double v = dt == NEAT_FLOAT64 ? ((double *)P)[i * ld + k]
+                                                      : ((float *)P)[i * ld + k];
+                        double want = W[(i0 + i) * d_in + k0 + k];
+                        bad += v != want;
+                        nonzero += want != 0;
+                    }
+                CHECK(bad == 0, "%s %s: %s dequant of W[%lld:+%lld, %lld:+%lld]: %d elements "
+                                "differ from the reference",
+                      what, d ? "f64" : "f32", who, (long long)i0, (long long)rows,
+                      (long long)k0, (long long)cols, bad);
+            }
             free(P);
         }
         CHECK(nonzero > 0, "%s: the reference W is all zeros", what);
@@ -477,7 +501,10 @@ static void check_errors(void)
     expect_refused(&e, &q, NEAT_ERR_INVALID_ARGUMENT, "A must have shape (r, d_out) = (r, 52)",
                    "d_out vs A");
     q = e.r.q, q.dtype = NEAT_FLOAT16;
-    expect_refused(&e, &q, NEAT_ERR_INVALID_ARGUMENT, "qweight has dtype float16", "f16 on cpu");
+    if (tb_device().type == NEAT_DEVICE_CPU) /* a half W is a CUDA dtype; there x must match it */
+        expect_refused(&e, &q, NEAT_ERR_INVALID_ARGUMENT, "qweight has dtype float16", "f16 on cpu");
+    else
+        expect_refused(&e, &q, NEAT_ERR_INVALID_ARGUMENT, "but qweight has float16", "f16 vs x");
     q = e.r.q, q.dtype = NEAT_FLOAT64;
     expect_refused(&e, &q, NEAT_ERR_INVALID_ARGUMENT, "but qweight has float64", "dtype vs A");
     {
@@ -520,7 +547,7 @@ static void check_errors(void)
                       NEAT_ERR_INVALID_ARGUMENT &&
                   has("output G shares memory with input qweight.absmax"),
               "G over absmax: %s", neat_last_error());
-        size_t wsb = 1 << 16;
+        size_t wsb = 1 << 18; /* more than either backend asks for */
         char *wbuf = xmalloc(wsb);
         memcpy(wbuf + 100, e.r.q.data, (53 * 37 + 1) / 2);
         qa = e.r.q;
@@ -542,7 +569,8 @@ static void check_errors(void)
                   has("neat::qlinear: weight_quant.blocksize"),
               "renamed: %s", neat_last_error());
     }
-    /* on CUDA: refused as unsupported, whatever the build */
+    /* on CUDA: computed with a CUDA build, refused as unsupported without one; a qweight on
+     * another device than the tensors is refused naming it */
     {
         neat_device cuda = {NEAT_DEVICE_CUDA, 0};
         neat_tensor x = *e.l.args.x, A = *e.l.args.A, B = *e.l.args.B, b = *e.l.args.bias;
@@ -551,9 +579,22 @@ static void check_errors(void)
         neat_args a = e.l.args;
         a.x = &x, a.A = &A, a.B = &B, a.bias = &b, a.hidden = H;
         q = e.r.q, q.device = cuda;
-        CHECK(neat_qlinear_forward_workspace_size(&a, &q, NULL, &bytes) == NEAT_ERR_UNSUPPORTED &&
-                  has("qweight is on cuda:0") && has("CPU only"),
-              "cuda: %s", neat_last_error());
+        neat_status got = neat_qlinear_forward_workspace_size(&a, &q, NULL, &bytes);
+        if (neat_has_cuda())
+            CHECK(got == NEAT_OK, "cuda: %s", neat_last_error());
+        else
+            CHECK(got == NEAT_ERR_UNSUPPORTED && has("built without CUDA"), "cuda: %s",
+                  neat_last_error());
+        q.device.index = 1;
+        CHECK(neat_qlinear_forward_workspace_size(&a, &q, NULL, &bytes) ==
+                      NEAT_ERR_INVALID_ARGUMENT &&
+                  has("cuda:1") && has("cuda:0"),
+              "qweight on cuda:1: %s", neat_last_error());
+        q.device = (neat_device){NEAT_DEVICE_CPU, 0};
+        CHECK(neat_qlinear_forward_workspace_size(&a, &q, NULL, &bytes) ==
+                      NEAT_ERR_INVALID_ARGUMENT &&
+                  has("qweight") && has("cpu"),
+              "qweight on cpu, tensors on cuda: %s", neat_last_error());
     }
     esetup_free(&e);
 

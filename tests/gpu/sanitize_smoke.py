@@ -1,7 +1,11 @@
 """A short run of every op for compute-sanitizer (memcheck, racecheck, initcheck): small shapes, every
 dtype path, hidden layers, bias and none, N = 0, non-contiguous inputs and outputs, autocast, and a
 shape that spans several blocks and tiles of the fused rank-r kernels (run.sh runs it on both rank-r
-paths). Prints OK at the end."""
+paths), and the quantized ops over bitsandbytes layers quantized on the GPU (with the default panels
+and with 1 KiB ones, which split every product's sum). Prints OK at the end."""
+
+import os
+import sys
 
 import torch
 
@@ -42,5 +46,21 @@ for ac in (torch.bfloat16, torch.float16):
             case(torch.float32, torch.float32, n, depth, bias, tr)
         layer = torch_neat.NeatLinear(torch.nn.Linear(37, 53, device=dev), r=3, depth=4)
         layer(torch.randn(4, 37, device=dev)).sum().backward()
+# quantized bases (cuda/quant.cu): NeatLinear over NF4 nested and LLM.int8, training step and eval cache
+try:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+    from bnb_layers import four_bit, int8
+except ImportError as e:  # bitsandbytes missing: say so, the float checks above still count
+    print(f"sanitize_smoke: no quantized checks ({e})")
+else:
+    for panel_kb in ("", "1"):
+        os.environ["NEAT_CUDA_QPANEL_KB"] = panel_kb
+        for base in (four_bit(37, 53, nested=True, device=dev), int8(37, 53, device=dev)):
+            layer = torch_neat.NeatLinear(base, r=3, depth=4)
+            x = torch.randn(5, 37, device=dev).t().contiguous().t().requires_grad_()
+            layer(x).sum().backward()
+            with torch.no_grad():
+                layer.eval()(x)
+    os.environ.pop("NEAT_CUDA_QPANEL_KB")
 torch.cuda.synchronize()
 print("sanitize_smoke: OK")

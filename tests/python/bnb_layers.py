@@ -1,5 +1,6 @@
-"""bitsandbytes layers on CPU for the quantized tests (test_quantized.py, test_quantized_guard.py): quantized
-from a fresh nn.Linear's weight, as bitsandbytes does when a layer is moved to a device."""
+"""bitsandbytes layers for the quantized tests (test_quantized.py, test_quantized_guard.py on CPU;
+tests/gpu/test_cuda_quant.py on CUDA): quantized from a fresh nn.Linear's weight, as bitsandbytes does when
+a layer is moved to a device."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def quiet(fn):
         return fn()
 
 
-def four_bit(d_in, d_out, quant_type="nf4", nested=False, blocksize=64, storage=torch.uint8, bias=True):
+def four_bit(d_in, d_out, quant_type="nf4", nested=False, blocksize=64, storage=torch.uint8, bias=True, device="cpu"):
     import bitsandbytes as bnb
 
     lin = nn.Linear(d_in, d_out, bias=bias)
@@ -26,10 +27,10 @@ def four_bit(d_in, d_out, quant_type="nf4", nested=False, blocksize=64, storage=
                                  compress_statistics=nested, blocksize=blocksize, quant_storage=storage)
     if bias:
         q.bias = nn.Parameter(lin.bias.data.clone(), requires_grad=False)
-    return quiet(lambda: q.to("cpu"))
+    return quiet(lambda: q.to(device))
 
 
-def int8(d_in, d_out, bias=True):
+def int8(d_in, d_out, bias=True, device="cpu"):
     import bitsandbytes as bnb
 
     lin = nn.Linear(d_in, d_out, bias=bias)
@@ -37,4 +38,4 @@ def int8(d_in, d_out, bias=True):
     q.weight = bnb.nn.Int8Params(lin.weight.data.clone(), requires_grad=False, has_fp16_weights=False)
     if bias:
         q.bias = nn.Parameter(lin.bias.data.clone(), requires_grad=False)
-    return quiet(lambda: q.to("cpu"))
+    return quiet(lambda: q.to(device))

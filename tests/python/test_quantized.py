@@ -91,6 +91,17 @@ def test_our_weight_reader_matches_bitsandbytes_dequantizer():
     assert torch.equal(bnb_weight(q), (w.data.float() * w.SCB[:, None]) * 7.874015718698502e-3)
 
 
+def test_an_int8_layer_is_read_after_its_own_forward_moved_scb():
+    # bitsandbytes' forward (init_8bit_state) moves SCB from the weight to module.state, on any device
+    q = int8(37, 29)
+    before = quantized_base(q).args()[0][1].clone()
+    quiet(lambda: q(torch.randn(3, 37)))
+    assert q.weight.SCB is None, "bitsandbytes kept SCB on the weight: this test no longer tests the move"
+    qb = quantized_base(q)
+    assert qb is not None
+    assert torch.equal(qb.args()[0][1], before)
+
+
 @pytest.mark.parametrize("kind", sorted(LAYERS))
 @pytest.mark.parametrize("num_hidden,activation", [(0, "relu"), (2, "gelu"), (8, "silu")])
 def test_qlinear_forward_and_gradients_match_the_float_path_on_bnb_weight(kind, num_hidden, activation):

@@ -2,11 +2,11 @@
 
 NEAT needs W itself (G = act(A W) and the gradient through it), so a layer whose stored weight is not W
 must never be read as if it were: PEFT's PEANuT layer does exactly that and returns a wrong answer over
-LLM.int8. On CPU, bitsandbytes' ``Linear4bit`` and ``Linear8bitLt`` (``bnb_base.py``) and torchao's
-``Int8Tensor`` (weight-only, per row or per tensor) and ``NF4Tensor`` weights (``torchao_base.py``) run on
-``neat::qlinear`` and friends, which read their storage as one of the C library's formats
-(:class:`QuantizedBase`). Everything else quantized (other torchao tensors, GPTQ/AWQ/HQQ/quanto layers,
-integer weights, bitsandbytes layers not quantized yet, anything on CUDA) is refused. Recognition looks at
+LLM.int8. bitsandbytes' ``Linear4bit`` and ``Linear8bitLt`` (``bnb_base.py``, CPU and CUDA) and, on CPU,
+torchao's ``Int8Tensor`` (weight-only, per row or per tensor) and ``NF4Tensor`` weights (``torchao_base.py``)
+run on ``neat::qlinear`` and friends, which read their storage as one of the C library's formats
+(:class:`QuantizedBase`). Everything else quantized (other torchao tensors or torchao on CUDA,
+GPTQ/AWQ/HQQ/quanto layers, integer weights, bitsandbytes layers not quantized yet) is refused. Recognition looks at
 class and module names only, so none of those packages is imported until a supported layer is used.
 """
 
@@ -32,9 +32,9 @@ QUANTIZED_PACKAGES = ("bitsandbytes", "torchao", "auto_gptq", "gptqmodel", "awq"
 # attributes quantized parameters carry beside their storage (bitsandbytes: quant_state, SCB, CB)
 _QUANT_ATTRIBUTES = ("quant_state", "SCB", "CB")
 SUPPORTED_BASES = (
-    "torch.nn.Linear with a float32, float64, float16 or bfloat16 weight, and on CPU bitsandbytes' Linear4bit "
-    "(nf4, fp4) and Linear8bitLt (has_fp16_weights=False), quantized, and torchao's Int8Tensor (int8 "
-    "weight-only, symmetric, per row or per tensor: Int8WeightOnlyConfig) and NF4Tensor (to_nf4)"
+    "torch.nn.Linear with a float32, float64, float16 or bfloat16 weight, on CPU or CUDA bitsandbytes' "
+    "Linear4bit (nf4, fp4) and Linear8bitLt (has_fp16_weights=False), quantized, and on CPU torchao's "
+    "Int8Tensor (int8 weight-only, symmetric, per row or per tensor: Int8WeightOnlyConfig) and NF4Tensor (to_nf4)"
 )
 
 

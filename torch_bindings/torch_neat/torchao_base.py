@@ -84,7 +84,7 @@ def unsupported_torchao(module: nn.Module, kind: str) -> Optional[str]:
     """Why the layer's torchao weight of ``kind`` cannot be read (``"has a torchao ..."``), or None."""
     w = module.weight
     if w.device.type != "cpu":
-        return f"has a torchao {kind} on {w.device.type} (quantized weights run on CPU only so far)"
+        return f"has a torchao {kind} on {w.device.type} (torchao weights run on CPU only so far)"
     d_out, d_in = int(module.out_features), int(module.in_features)
     return _unsupported_int8(w, d_out, d_in) if kind == "Int8Tensor" else _unsupported_nf4(w, d_out, d_in)
 
