@@ -92,10 +92,18 @@ def _kernel_act(layer: PeanutLinear, adapter: str) -> Optional[str]:
     return SUPPORTED_ACTIVATIONS.get(layer.act_fn[adapter])
 
 
+def _weight(module: nn.Module) -> Tensor:
+    # the parameter dict itself: Module.__getattr__ costs about half a microsecond a lookup, and a
+    # small layer's forward makes six of them (benchmarks/bench_modules.py, d = 64)
+    return module._parameters["weight"]
+
+
 def _factors(layer: PeanutLinear, adapter: str) -> tuple[Tensor, Tensor, list[Tensor]]:
-    A = layer.peanut_A[adapter].weight
-    B = layer.peanut_B[adapter].weight
-    hidden = [m.weight for m in layer.peanut_encoders[adapter]] + [m.weight for m in layer.peanut_decoders[adapter]]
+    mods = layer._modules
+    A = _weight(mods["peanut_A"]._modules[adapter])
+    B = _weight(mods["peanut_B"]._modules[adapter])
+    hidden = [_weight(m) for m in mods["peanut_encoders"]._modules[adapter]._modules.values()]
+    hidden += [_weight(m) for m in mods["peanut_decoders"]._modules[adapter]._modules.values()]
     return A, B, hidden
 
 
@@ -113,7 +121,8 @@ def _plain_linear(base: nn.Module) -> bool:
         and type(base.weight.data) is torch.Tensor
         and not base._forward_hooks
         and not base._forward_pre_hooks
-        and not hasattr(base, "_hf_hook")
+        # accelerate stores its hook as a plain attribute; a failed hasattr would cost an exception
+        and "_hf_hook" not in base.__dict__
     )
 
 
@@ -130,7 +139,9 @@ def _neat_forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         return self.base_layer(x, *args, **kwargs)
 
     adapters = [a for a in self.active_adapters if a in self.peanut_A]
-    base = self.get_base_layer()
+    base = self._modules["base_layer"]
+    if "base_layer" in base._modules:  # a tuner layer wrapping another: PEFT's get_base_layer
+        base = self.get_base_layer()
     weight = base.weight
 
     if len(adapters) == 1 and not args and not kwargs and self.base_layer is base and _plain_linear(base):
