@@ -291,24 +291,9 @@ def format_lora_check(check: dict) -> str:
             f"{check['relative']:.2e} (tolerance {LORA_CHECK_TOL:.0e}): {verdict}")
 
 
-def _child(queue, method, make_encoder, train, test, args):
-    torch.set_num_threads(args.threads)
-    queue.put(train_and_evaluate(method, make_encoder, train, test, args))
-
-
 def run_isolated(method, make_encoder, train, test, args) -> dict:
     """Runs one method in a fresh process so that its peak memory is its own."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, method, make_encoder, train, test, args))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    if proc.exitcode != 0:
-        raise RuntimeError(f"{method}: the training process failed with exit code {proc.exitcode}")
-    return result
+    return seed_report.run_isolated(method, train_and_evaluate, (method, make_encoder, train, test, args), args.threads)
 
 
 NAMES = {"neat": "NEAT (torch-neat)", "lora": "LoRA (PEFT)", "head": "head only", "peanut": "PEANuT (PEFT, unaccelerated)"}

@@ -504,28 +504,9 @@ def by_template(problems: list[Problem], replies: list[str]) -> list[float]:
     return [sum(h) / len(h) if (h := hits.get(k)) else float("nan") for k in range(len(TEST_TEMPLATES))]
 
 
-def _child(queue, *a):
-    torch.set_num_threads(a[-1].threads)
-    try:
-        queue.put(train_and_evaluate(*a))
-    except BaseException as e:  # the parent reports it
-        queue.put({"error": f"{type(e).__name__}: {e}"})
-        raise
-
-
 def run_isolated(*a) -> dict:
     """Runs one method in a fresh process so that its peak memory is its own."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, *a))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    if "error" in result or proc.exitcode != 0:
-        raise RuntimeError(f"{a[0]}: the training process failed: {result.get('error', proc.exitcode)}")
-    return result
+    return seed_report.run_isolated(a[0], train_and_evaluate, a, a[-1].threads)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Spreads over seeds for the examples: mean and sample standard deviation per method, a paired difference,
 a markdown table and a PNG of the training-loss curves (mean with a band over seeds) and test accuracy.
 
-Used by examples/finetune.py and examples/llama_arith.py; matplotlib is needed only for the PNG.
+Used by examples/finetune.py and examples/llama_arith.py; matplotlib is needed only for the PNG. Also the
+one way both run a method in a process of its own (:func:`run_isolated`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,50 @@ import math
 import os
 import statistics
 import sys
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+
+def _child(queue, fn: Callable, threads: int, args: tuple) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        queue.put(("ok", fn(*args)))
+    except BaseException as e:  # the parent reports it
+        queue.put(("error", f"{type(e).__name__}: {e}"))
+        raise
+
+
+def run_isolated(what: str, fn: Callable, args: tuple, threads: int, poll_s: float = 5.0) -> Any:
+    """``fn(*args)`` in a fresh (spawned) process, so that its peak memory is its own.
+
+    Raises RuntimeError naming ``what`` when the child raises, exits non-zero or dies without an answer
+    (a signal: out of memory, a crash): the parent never waits on a child that is gone.
+    """
+    import multiprocessing as mp
+    import queue as queues
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, fn, threads, args))
+    proc.start()
+    answer = None
+    while answer is None:
+        try:
+            answer = queue.get(timeout=poll_s)
+        except queues.Empty:
+            if not proc.is_alive():
+                try:  # it may have answered just before it exited
+                    answer = queue.get(timeout=1.0)
+                except queues.Empty:
+                    proc.join()
+                    raise RuntimeError(f"{what}: the training process died without an answer "
+                                       f"(exit code {proc.exitcode})") from None
+    proc.join()
+    status, value = answer
+    if status != "ok" or proc.exitcode != 0:
+        raise RuntimeError(f"{what}: the training process failed: {value if status != 'ok' else proc.exitcode}")
+    return value
 
 
 def parse_seeds(text: str) -> list[int]:
