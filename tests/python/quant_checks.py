@@ -245,3 +245,17 @@ def neat_linear_refuses(q: nn.Module, pattern: str):
     with pytest.raises(TypeError, match=pattern) as err:
         torch_neat.NeatLinear(q, r=4)
     assert SUPPORTED in str(err.value)
+
+
+def causal_lm_learns(model: nn.Module, vocab: int = 128):
+    """Four AdamW steps of a small causal LM on one batch: the loss goes down."""
+    ids = torch.randint(0, vocab, (2, 16))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(4):
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], f"loss did not go down over four steps: {losses}"

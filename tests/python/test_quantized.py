@@ -188,13 +188,4 @@ def test_a_transformers_bitsandbytes_model_patches_as_it_is(tmp_path, load):
     model = torch_neat.get_neat_model(model, torch_neat.NeatConfig(r=4))  # the family's q_proj / v_proj
     layers = dict(torch_neat.neat_layers(model))
     assert len(layers) == 4 and all(layer.quantized for layer in layers.values())
-    ids = torch.randint(0, 128, (2, 16))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(4):
-        loss = model(input_ids=ids, labels=ids).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
+    checks.causal_lm_learns(model)
