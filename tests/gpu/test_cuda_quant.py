@@ -33,7 +33,7 @@ import bitsandbytes.functional as bnbf  # noqa: E402
 import gpu_checks as gc  # noqa: E402
 import reference as ref  # noqa: E402
 import torch_neat  # noqa: E402
-from bnb_layers import four_bit, int8  # noqa: E402
+from bnb_layers import flat_rule, four_bit, int8  # noqa: E402
 from torch_neat.quantized import quantized_base  # noqa: E402
 
 # (d_in, d_out, maker): d_in not a multiple of the block size where the format allows it
@@ -47,20 +47,6 @@ LAYERS = {
     "int8": lambda d: int8(72, 40, device=d),
     "int8-odd": lambda d: int8(37, 29, device=d),
 }
-
-
-def flat_rule(q) -> torch.Tensor:
-    """A 4-bit layer's W read from its storage as quantize_4bit lays it out (plain torch, float32)."""
-    w, qs = q.weight, q.weight.quant_state
-    d_out, d_in = qs.shape
-    n = d_out * d_in
-    data = w.data.reshape(-1).view(torch.uint8)
-    nib = torch.stack([data >> 4, data & 15], 1).reshape(-1)[:n].long()
-    absmax = qs.absmax
-    if qs.nested:
-        idx = torch.arange(absmax.numel(), device=absmax.device) // qs.state2.blocksize
-        absmax = qs.state2.code[absmax.long()] * qs.state2.absmax[idx] + qs.offset
-    return (qs.code[nib] * absmax[torch.arange(n, device=data.device) // qs.blocksize]).reshape(d_out, d_in)
 
 
 def bnb_weight(q) -> torch.Tensor:

@@ -39,3 +39,19 @@ def int8(d_in, d_out, bias=True, device="cpu"):
     if bias:
         q.bias = nn.Parameter(lin.bias.data.clone(), requires_grad=False)
     return quiet(lambda: q.to(device))
+
+
+def flat_rule(q) -> torch.Tensor:
+    """W read from a 4-bit layer's storage by the layout bitsandbytes' quantize_4bit writes: the flattened
+    weight in blocks of ``blocksize``, two codes per byte, high nibble first (plain torch, float32, on the
+    layer's device)."""
+    w, qs = q.weight, q.weight.quant_state
+    d_out, d_in = qs.shape
+    n = d_out * d_in
+    data = w.data.reshape(-1).view(torch.uint8)
+    nib = torch.stack([data >> 4, data & 15], 1).reshape(-1)[:n].long()
+    absmax = qs.absmax
+    if qs.nested:
+        idx = torch.arange(absmax.numel(), device=absmax.device) // qs.state2.blocksize
+        absmax = qs.state2.code[absmax.long()] * qs.state2.absmax[idx] + qs.offset
+    return (qs.code[nib] * absmax[torch.arange(n, device=data.device) // qs.blocksize]).reshape(d_out, d_in)

@@ -15,27 +15,12 @@ import torch
 
 import quant_checks as checks
 import torch_neat
-from bnb_layers import four_bit, int8, quiet
+from bnb_layers import flat_rule, four_bit, int8, quiet
 from reference import ACTIVATIONS, rel_err
 from torch_neat.quantized import quantized_base
 
 bnb = pytest.importorskip("bitsandbytes", reason="tests/run.sh installs bitsandbytes==0.50.2")  # always there in CI
 import bitsandbytes.functional as bnbf  # noqa: E402
-
-
-def flat_rule(q) -> torch.Tensor:
-    """W read from a 4-bit layer's storage by the layout bitsandbytes' quantize_4bit writes: the flattened
-    weight in blocks of ``blocksize``, two codes per byte, high nibble first (plain Python, float32)."""
-    w, qs = q.weight, q.weight.quant_state
-    d_out, d_in = qs.shape
-    n = d_out * d_in
-    data = w.data.reshape(-1).view(torch.uint8)
-    nib = torch.stack([data >> 4, data & 15], 1).reshape(-1)[:n].long()
-    absmax = qs.absmax
-    if qs.nested:
-        absmax = qs.state2.code[absmax.long()] * qs.state2.absmax[torch.arange(absmax.numel()) // qs.state2.blocksize]
-        absmax = absmax + qs.offset
-    return (qs.code[nib] * absmax[torch.arange(n) // qs.blocksize]).reshape(d_out, d_in)
 
 
 def bnb_weight(q) -> torch.Tensor:
