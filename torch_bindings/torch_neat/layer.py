@@ -193,15 +193,6 @@ class NeatLinear(nn.Module):
         weight, bias = base.weight, base.bias
         if self._qbase is not None:
             return self._quantized_forward(x, bias)
-        if self.training:
-            # the training step, first and with the fewest attribute walks: on a small layer the
-            # Python here costs as much as the kernels (benchmarks/bench_modules.py, d = 64)
-            params = self._parameters
-            A, B = params["neat_A"], params["neat_B"]
-            hidden = self.hidden
-            if x.dtype == weight.dtype == A.dtype and kernel_dtype(x.device, A.dtype) == A.dtype \
-                    and not _ops.autocast_enabled(x):
-                return _ops.fused_linear(x, weight, bias, A, B, hidden, self._act, self.scale)
         if self._use_cached_g():
             G = self.cached_g()
             if self._lowrank_ok(x, weight, bias, G):
@@ -220,12 +211,15 @@ class NeatLinear(nn.Module):
             # torch.autocast: the op casts as F.linear would (ops.autocast_operands) and its output
             # keeps the autocast dtype, whatever x's dtype was; no casts of ours before or after
             return _ops.fused_linear(x, weight, bias, self.neat_A, self.neat_B, self.hidden, self._act, self.scale)
-        xc, wc, bc, ct = op_operands(x, weight, bias, self.neat_A.dtype)
-        A, B, hidden = self.neat_A, self.neat_B, self.hidden
+        # the parameters from the module's own dict: on a small layer this Python costs as much as
+        # the kernels, and each nn.Module attribute lookup about half a microsecond (docs/design.md §5.1)
+        params = self._parameters
+        A, B, hidden = params["neat_A"], params["neat_B"], self.hidden
+        xc, wc, bc, ct = op_operands(x, weight, bias, A.dtype)
         if A.dtype != ct:
             A, B, hidden = A.to(ct), B.to(ct), [h.to(ct) for h in hidden]
         out = _ops.fused_linear(xc, wc, bc, A, B, hidden, self._act, self.scale)
-        return out.to(x.dtype)
+        return out if out.dtype == x.dtype else out.to(x.dtype)
 
     def _quantized_forward(self, x: Tensor, bias: Optional[Tensor]) -> Tensor:
         # neat::qlinear reads the quantized storage itself: W is never formed, nothing W-sized is saved
